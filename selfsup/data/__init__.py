@@ -1,0 +1,25 @@
+"""Data sources -> ImageSet: one uint8 [N, C, H, W] tensor, optional labels and class names.
+
+    from selfsup.data import load_dataset
+    train = load_dataset("cifar10", "train")          # a name, looked up in the data root
+    pics = load_dataset("~/photos.tar.gz", image_size=64)  # or a path
+
+Readers: cifar.py (CIFAR-10/100 pickles, CIFAR-10 JPEG tree), idx.py (MNIST, Fashion-MNIST),
+stl10.py, folder.py (image folders and tars), npz.py, digits.py (offline default). Decoded
+image folders are cached by cache.py; roots.py says where data is looked for.
+"""
+
+from .imageset import DataError, DataWarning, ImageSet, dataset_stats
+from .registry import known_datasets, load_dataset
+from .roots import cache_root, data_root
+
+__all__ = [
+    "DataError",
+    "DataWarning",
+    "ImageSet",
+    "cache_root",
+    "data_root",
+    "dataset_stats",
+    "known_datasets",
+    "load_dataset",
+]

@@ -1,0 +1,92 @@
+"""On-disk cache of decoded image sets, so slow sources (image folders, tars) decode once.
+
+Entries live under $SELFSUP_CACHE/decoded (default ~/.cache/selfsup/decoded), never next to the
+source, which may be read-only. An entry is an uncompressed .npz read back with allow_pickle=False,
+so a cache file cannot run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .imageset import DataWarning, ImageSet
+from .roots import cache_root
+
+# Bump when decoding changes (mode handling, resizing), so stale entries are ignored.
+CACHE_VERSION = 1
+
+
+def fingerprint(path: Path) -> dict:
+    """Identity of a source: absolute path, size and mtime. For a folder, the size and mtime of
+    every file in it, since a folder's own mtime misses edits inside subfolders."""
+    path = path.absolute()
+    st = path.stat()
+    if not path.is_dir():
+        return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    h = hashlib.sha256()
+    count = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames.sort()
+        for name in sorted(filenames):
+            fst = os.stat(os.path.join(dirpath, name))
+            rel = os.path.relpath(os.path.join(dirpath, name), path)
+            h.update(f"{rel}\0{fst.st_size}\0{fst.st_mtime_ns}\n".encode())
+            count += 1
+    return {"path": str(path), "files": count, "listing": h.hexdigest()}
+
+
+def cache_file(source: Path, split: str, image_size: int | None) -> Path:
+    key = {"v": CACHE_VERSION, "source": fingerprint(source), "split": split, "image_size": image_size}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    stem = source.name.split(".")[0] or "data"
+    size = f"-{image_size}px" if image_size else ""
+    return cache_root() / "decoded" / f"{stem}-{split}{size}-{digest}.npz"
+
+
+def load(path: Path, name: str) -> tuple[ImageSet, list[str]] | None:
+    """The cached set at `path` and the files skipped when it was made, or None when there is
+    no readable entry."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            images = torch.from_numpy(z["images"])
+            labels = torch.from_numpy(z["labels"]) if "labels" in z.files else None
+            classes = [str(c) for c in z["classes"]] if "classes" in z.files else None
+            skipped = [str(s) for s in z["skipped"]] if "skipped" in z.files else []
+        return ImageSet(images, labels, classes, name), skipped
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        warnings.warn(f"ignoring unreadable cache entry {path}: {e}", DataWarning, stacklevel=3)
+        return None
+
+
+def save(path: Path, ds: ImageSet, skipped: list[str] = ()) -> None:
+    """Write `ds` (and the names of files skipped while decoding it) to `path` atomically
+    (temporary file + os.replace), so a reader never sees a half-written entry and concurrent
+    writers (DDP ranks) cannot corrupt one another."""
+    arrays = {"images": ds.images.cpu().numpy()}
+    if ds.labels is not None:
+        arrays["labels"] = ds.labels.cpu().numpy()
+    if ds.classes is not None:
+        arrays["classes"] = np.array(ds.classes, dtype=str)
+    if skipped:
+        arrays["skipped"] = np.array(skipped, dtype=str)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except OSError as e:
+        # A cache that cannot be written only costs time on the next load.
+        warnings.warn(f"could not write the data cache {path}: {e}", DataWarning, stacklevel=3)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,112 @@
+"""The in-memory dataset every part of selfsup consumes: one uint8 tensor plus optional labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+class DataError(Exception):
+    """A dataset could not be found or read; the message names the files, keys or paths involved."""
+
+
+class DataWarning(UserWarning):
+    """Something in a dataset was skipped (e.g. corrupt images); loading went on without it."""
+
+
+@dataclass(repr=False, eq=False)
+class ImageSet:
+    """A whole dataset split held as one tensor, so that batches are gathered on the device
+    with a single index operation instead of per-image Python.
+
+    images: uint8 [N, C, H, W], C is 1 or 3, contiguous.
+    labels: int64 [N], or None for unlabelled data.
+    classes: class names, index = label (None when unknown or unlabelled).
+    name: the dataset's name, for logs and reports.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+    classes: list[str] | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.images, np.ndarray):
+            self.images = torch.from_numpy(np.ascontiguousarray(self.images))
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[1] not in (1, 3):
+            raise DataError(
+                f"ImageSet {self.name!r}: images must be uint8 [N, C, H, W] with C 1 or 3, "
+                f"got {self.images.dtype} {list(self.images.shape)}"
+            )
+        self.images = self.images.contiguous()
+        if self.labels is not None:
+            if isinstance(self.labels, np.ndarray):
+                self.labels = torch.from_numpy(self.labels)
+            if self.labels.dim() != 1 or len(self.labels) != len(self.images):
+                raise DataError(
+                    f"ImageSet {self.name!r}: labels must be [N] with N={len(self.images)}, "
+                    f"got {list(self.labels.shape)}"
+                )
+            if self.labels.dtype.is_floating_point or self.labels.dtype == torch.bool:
+                raise DataError(f"ImageSet {self.name!r}: labels must be integers, got {self.labels.dtype}")
+            self.labels = self.labels.to(torch.int64)
+        if self.classes is not None:
+            self.classes = [str(c) for c in self.classes]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __repr__(self) -> str:
+        # The default dataclass repr would print the whole tensor.
+        shape = list(self.images.shape[1:])
+        return (
+            f"ImageSet(name={self.name!r}, n={len(self)}, shape={shape}, "
+            f"num_classes={self.num_classes}, device={self.images.device})"
+        )
+
+    @property
+    def num_classes(self) -> int:
+        """len(classes) when names are known, else labels.max()+1; 0 for unlabelled data."""
+        if self.classes is not None:
+            return len(self.classes)
+        if self.labels is None or len(self.labels) == 0:
+            return 0
+        return int(self.labels.max().item()) + 1
+
+    def to(self, device: torch.device | str) -> ImageSet:
+        labels = self.labels.to(device) if self.labels is not None else None
+        return ImageSet(self.images.to(device), labels, self.classes, self.name)
+
+    def subset(self, indices) -> ImageSet:
+        """The images at `indices` (a sequence, array or tensor of ints, or a boolean mask)."""
+        idx = torch.as_tensor(np.asarray(indices) if not torch.is_tensor(indices) else indices)
+        if idx.dtype == torch.bool:
+            idx = idx.nonzero().flatten()
+        idx = idx.to(device=self.images.device, dtype=torch.int64)
+        labels = self.labels[idx] if self.labels is not None else None
+        return ImageSet(self.images[idx], labels, self.classes, self.name)
+
+
+def dataset_stats(ds: ImageSet) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] units, for input normalisation.
+
+    Sums are accumulated chunk by chunk in int64, which is exact (255**2 * 2**40 still fits),
+    so the result does not depend on the chunk size and no float copy of the whole set is made.
+    """
+    n = len(ds)
+    if n == 0:
+        raise DataError(f"dataset_stats: ImageSet {ds.name!r} is empty")
+    c = ds.images.shape[1]
+    chunk = max(1, (1 << 22) // ds.images[0].numel())  # ~16 MB of int32 per step
+    total = torch.zeros(c, dtype=torch.int64, device=ds.images.device)
+    total_sq = torch.zeros(c, dtype=torch.int64, device=ds.images.device)
+    for start in range(0, n, chunk):
+        x = ds.images[start : start + chunk].to(torch.int32)
+        total += x.sum(dim=(0, 2, 3), dtype=torch.int64)
+        total_sq += (x * x).sum(dim=(0, 2, 3), dtype=torch.int64)
+    count = n * ds.images.shape[2] * ds.images.shape[3]
+    mean = total.cpu().double() / count
+    var = (total_sq.cpu().double() / count - mean * mean).clamp_min(0.0)
+    return (mean / 255.0).tolist(), (var.sqrt() / 255.0).tolist()
