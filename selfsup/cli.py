@@ -1,0 +1,130 @@
+"""The `selfsup` command: pretrain an encoder, evaluate it, list recipes.
+
+    selfsup pretrain --recipe quick trainer.epochs=5
+    selfsup pretrain --resume runs/quick-20261122-101500
+    selfsup eval knn runs/quick-20261122-101500 eval.knn.k=20
+    selfsup eval linear runs/quick-20261122-101500
+    selfsup recipes
+    selfsup config --recipe cifar10_simclr trainer.batch_size=256
+
+Overrides are `section.key=value` (OmegaConf dotted keys); unknown keys and ill-typed values are
+refused with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from selfsup.config import RECIPES_DIR, ConfigError, load_config, to_yaml
+
+
+def _pretrain(args) -> int:
+    from selfsup.run import find_run_dir, load_run_config
+    from selfsup.train.trainer import Trainer
+
+    if args.resume:
+        run_dir = find_run_dir(args.resume)
+        cfg = load_run_config(run_dir, args.overrides)
+        trainer = Trainer(cfg, run_dir=run_dir)
+        if not trainer.resume():
+            print(f"{run_dir} has no checkpoint yet: starting from step 0", file=sys.stderr)
+    else:
+        cfg = load_config(args.recipe, args.overrides)
+        trainer = Trainer(cfg, run_dir=args.run_dir, recipe=Path(args.recipe).stem)
+    run_dir = trainer.fit()
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from selfsup.data import dataset_stats, load_dataset
+    from selfsup.eval.protocols import knn_eval, linear_eval
+    from selfsup.run import find_run_dir, load_encoder, load_run_config, read_stats
+    from selfsup.train.trainer import resolve_device, resolve_precision
+
+    run_dir = find_run_dir(args.run)
+    cfg = load_run_config(run_dir, args.overrides)
+    d = cfg.data
+    train = load_dataset(d.name, d.train_split, root=d.root, image_size=d.image_size)
+    if train.labels is None:
+        raise ConfigError(f"data {d.name!r} split {d.train_split!r} has no labels to evaluate with")
+    if not d.test_split:
+        raise ConfigError("data.test_split is null: name a labelled split to test on")
+    test = load_dataset(d.name, d.test_split, root=d.root, image_size=d.image_size)
+    mean, std = read_stats(run_dir) or dataset_stats(train)
+    device = resolve_device(cfg.trainer.device)
+    backbone = load_encoder(args.run, cfg, train.images.shape[1]).to(device)
+    precision = "bf16" if resolve_precision(cfg.trainer.precision, device) else "fp32"
+    run = knn_eval if args.protocol == "knn" else linear_eval
+    res = run(backbone, train, test, mean, std, cfg.eval, size=cfg.views.size, device=device,
+              precision=precision, progress=True)
+    print(f"{args.protocol} top-1: {res['top1']:.2f}%  ({res['protocol']})")
+    out = run_dir / f"eval_{args.protocol}.json"
+    out.write_text(json.dumps({**res, "weights": str(args.run)}, indent=2, default=str))
+    print(f"written: {out}")
+    return 0
+
+
+def _recipes(args) -> int:
+    for p in sorted(RECIPES_DIR.glob("*.yaml")):
+        first = next((ln.lstrip("# ").strip() for ln in p.read_text().splitlines()
+                      if ln.startswith("#")), "")
+        print(f"{p.stem:24s} {first}")
+    return 0
+
+
+def _config(args) -> int:
+    print(to_yaml(load_config(args.recipe, args.overrides)), end="")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="selfsup", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="train an encoder with a self-supervised method")
+    p.add_argument("--recipe", "-r", default="quick", help="shipped recipe name or YAML path")
+    p.add_argument("--run-dir", help="run folder (default: trainer.out/<recipe>-<time>)")
+    p.add_argument("--resume", metavar="RUN", help="continue a run from its latest checkpoint")
+    p.add_argument("overrides", nargs="*", help="key.sub=value")
+    p.set_defaults(func=_pretrain)
+
+    e = sub.add_parser("eval", help="evaluate a trained encoder on a frozen backbone")
+    e.add_argument("protocol", choices=["knn", "linear"])
+    e.add_argument("run", help="run folder, checkpoint folder, or .safetensors inside a run")
+    e.add_argument("overrides", nargs="*", help="key.sub=value, e.g. eval.knn.k=20 eval.layer=layer3")
+    e.set_defaults(func=_evaluate)
+
+    r = sub.add_parser("recipes", help="list the shipped recipes")
+    r.set_defaults(func=_recipes)
+
+    c = sub.add_parser("config", help="print a recipe's resolved configuration")
+    c.add_argument("--recipe", "-r", default="quick")
+    c.add_argument("overrides", nargs="*")
+    c.set_defaults(func=_config)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Exception as e:  # the errors a user can act on get one line, not a traceback
+        from selfsup.data import DataError
+        from selfsup.train.trainer import TrainingDiverged
+
+        if isinstance(e, (ConfigError, DataError, FileNotFoundError, TrainingDiverged)):
+            print(f"selfsup: error: {e}", file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print("\nselfsup: interrupted; resume with: selfsup pretrain --resume <run folder>",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

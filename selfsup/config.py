@@ -1,0 +1,223 @@
+"""Run configuration: typed dataclasses, YAML recipes, dotted command-line overrides.
+
+A recipe is a small YAML file (shipped ones live in `selfsup/recipes/`); overrides are
+`key.sub=value` strings. OmegaConf does the parsing and type checking against the dataclasses, so
+unknown keys and ill-typed values are refused; each dataclass's `__post_init__` checks the values
+that a type cannot (choices, ranges). The method section is validated against the config class of
+the method it names, looked up in the method registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from selfsup.backbones import BackboneConfig
+from selfsup.eval import KNNConfig, LinearConfig
+from selfsup.views import ViewConfig
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot be used; the message names the key."""
+
+
+def _choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+@dataclass
+class DataConfig:
+    """Where the training images come from.
+
+    name: a dataset name (digits, cifar10, cifar100, mnist, fashion-mnist, stl10) or a path to an
+        image folder, a tar of one, an .npz or an idx file.
+    root: folder holding the datasets; default $SELFSUP_DATA, then ~/.cache/selfsup/data.
+    train_split / test_split: splits used for pretraining and for k-NN / linear evaluation
+        (test_split null: no online evaluation).
+    image_size: resize (shorter side + centre crop) images of a folder whose sizes differ.
+    subset: train on a seeded random subset of this many training images.
+    on_device: keep the uint8 images on the training device (the fast path).
+    """
+
+    name: str = "digits"
+    root: Optional[str] = None
+    train_split: str = "train"
+    test_split: Optional[str] = "test"
+    image_size: Optional[int] = None
+    subset: Optional[int] = None
+    on_device: bool = True
+
+
+@dataclass
+class TrainerConfig:
+    """The one training loop every method uses.
+
+    epochs: passes over the training set; batch_size: images per step over all processes.
+    optimizer: sgd | adamw | lars (LARS skips adaptation and weight decay of biases and norms).
+    lr: base learning rate for 256 images, scaled by lr_scaling (linear: lr*batch/256,
+        sqrt: lr*sqrt(batch/256), none). min_lr: floor of the cosine decay, as a fraction of the peak.
+    weight_decay, momentum, betas: optimizer settings; wd_exclude_bias_norm: no decay on 1-d params.
+    warmup_epochs: linear warm-up length (may be fractional).
+    grad_clip: clip the global gradient norm to this value (null: off).
+    precision: auto (bf16 on GPUs and on CPUs with avx512_bf16/AMX, else fp32) | bf16 | fp32.
+    channels_last: NHWC memory format for convolutions. compile: wrap the method in torch.compile.
+    sync_bn: convert BatchNorm to SyncBatchNorm under DDP.
+    device: auto | cpu | cuda | cuda:N | mps. seed: fixes data order, augmentation and init.
+    threads: CPU threads for torch (null: torch's default).
+    knn_every: online k-NN evaluation every N epochs (0: only at the end; -1: never).
+    knn_bank: use at most this many training images as the online k-NN memory bank (null: all).
+    checkpoint_every: save every N epochs; checkpoint_every_steps: also every N steps (0: off).
+    log_every: steps between logged points. progress: show a progress bar.
+    out: folder for run folders; run_name: this run's folder name (default: recipe + time).
+    """
+
+    epochs: int = 10
+    batch_size: int = 256
+    optimizer: str = "lars"
+    lr: float = 0.3
+    lr_scaling: str = "linear"
+    min_lr: float = 0.0
+    weight_decay: float = 1e-6
+    wd_exclude_bias_norm: bool = True
+    momentum: float = 0.9
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_epochs: float = 1.0
+    grad_clip: Optional[float] = None
+    precision: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    sync_bn: bool = True
+    device: str = "auto"
+    seed: int = 0
+    threads: Optional[int] = None
+    knn_every: int = 0
+    knn_bank: Optional[int] = None
+    checkpoint_every: int = 1
+    checkpoint_every_steps: int = 0
+    log_every: int = 10
+    progress: bool = True
+    out: str = "runs"
+    run_name: Optional[str] = None
+
+    def __post_init__(self):
+        _choice("trainer.optimizer", self.optimizer, ("sgd", "adamw", "lars"))
+        _choice("trainer.lr_scaling", self.lr_scaling, ("linear", "sqrt", "none"))
+        _choice("trainer.precision", self.precision, ("auto", "bf16", "fp32"))
+        for name in ("epochs", "batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"trainer.{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"trainer.lr must be positive, got {self.lr}")
+        if len(self.betas) != 2:
+            raise ValueError(f"trainer.betas needs two values, got {list(self.betas)}")
+
+
+@dataclass
+class EvalConfig:
+    """Frozen-backbone evaluation (k-NN, linear probe) after or during training.
+
+    batch_size: images per feature-extraction batch. layer: which backbone output to probe
+    (null: the pooled output; else one of the backbone's layer_names, e.g. layer3 or block6).
+    """
+
+    batch_size: int = 512
+    layer: Optional[str] = None
+    knn: KNNConfig = field(default_factory=KNNConfig)
+    linear: LinearConfig = field(default_factory=LinearConfig)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    views: ViewConfig = field(default_factory=ViewConfig)
+    method: Any = field(default_factory=lambda: {"name": "simclr"})
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def recipe_path(recipe: str) -> Path:
+    """A shipped recipe's name (quick, cifar10_simclr, ...) or a path to a YAML file."""
+    path = Path(recipe)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    shipped = RECIPES_DIR / f"{recipe}.yaml"
+    if shipped.exists():
+        return shipped
+    names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    raise ConfigError(f"no recipe {recipe!r}: not a YAML file, and not one of: {', '.join(names)}")
+
+
+def _merge(schema_obj: Any, *sources: Any, prefix: str = "") -> DictConfig:
+    """Sources merged over the dataclass's defaults; OmegaConf's own message (which suggests the
+    closest key for a misspelling) plus the dotted key."""
+    base = OmegaConf.structured(schema_obj)
+    try:
+        return OmegaConf.merge(base, *sources)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or ""
+        msg = str(e).split("\n")[0]
+        raise ConfigError(msg + (f" [key: {prefix}{key}]" if key else "")) from None
+
+
+def _to_object(cfg: DictConfig) -> Any:
+    try:
+        return OmegaConf.to_object(cfg)
+    except (ValueError, TypeError) as e:  # raised by __post_init__ checks
+        raise ConfigError(str(e)) from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(str(e).split("\n")[0]) from None
+
+
+def _as_dictconfig(source: Any, what: str) -> DictConfig:
+    if isinstance(source, DictConfig):
+        return source
+    if isinstance(source, dict):
+        return OmegaConf.create(source)
+    try:
+        if isinstance(source, (list, tuple)):
+            return OmegaConf.from_dotlist(list(source))
+        return OmegaConf.load(source)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot parse {what}: {str(e).splitlines()[0]}") from None
+
+
+def build_config(*sources: Any) -> Config:
+    """Merge sources (YAML paths, dicts, DictConfigs, lists of `a.b=c` overrides) over the defaults.
+
+    Returns a validated `Config` whose `method` is the method's own config dataclass.
+    """
+    from selfsup.methods import METHODS  # late: methods import config-free modules only
+
+    for s in sources:
+        if isinstance(s, (list, tuple)):
+            bad = [o for o in s if "=" not in o]
+            if bad:
+                raise ConfigError(f"overrides look like key.sub=value; cannot read {bad[0]!r}")
+    loaded = [_as_dictconfig(s, str(s)) for s in sources]
+    cfg = _merge(Config, *loaded)
+    name = cfg.method.get("name") if isinstance(cfg.method, DictConfig) else None
+    if name not in METHODS:
+        raise ConfigError(f"method.name={name!r} is not one of: {', '.join(sorted(METHODS))}")
+    method_cfg = _merge(METHODS[name].config_class, cfg.method, prefix="method.")
+    with_method = OmegaConf.merge(OmegaConf.structured(Config), {"method": {}})
+    OmegaConf.set_struct(with_method, False)
+    merged = OmegaConf.merge(with_method, cfg)
+    merged.method = method_cfg
+    return _to_object(merged)
+
+
+def load_config(recipe: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A recipe (name or path) plus overrides, validated."""
+    return build_config(recipe_path(recipe), list(overrides))
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,51 @@
+"""What a run writes as it goes: metrics as JSON lines, TensorBoard events, a console line."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+class RunLog:
+    """Appends `{"kind": ..., **values}` lines to metrics.jsonl and scalars to TensorBoard.
+    Only the main process writes; other ranks get `RunLog(None)`, which does nothing."""
+
+    def __init__(self, run_dir: Path | None, tensorboard: bool = True):
+        self.run_dir = run_dir
+        self._file = None
+        self._tb = None
+        if run_dir is None:
+            return
+        self._file = open(Path(run_dir) / "metrics.jsonl", "a", buffering=1)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
+
+    def log(self, kind: str, step: int, **values) -> None:
+        if self._file is None:
+            return
+        clean = {k: (float(v) if isinstance(v, float) or hasattr(v, "item") else v)
+                 for k, v in values.items()}
+        self._file.write(json.dumps({"kind": kind, "step": step, **clean}) + "\n")
+        if self._tb is not None:
+            for k, v in clean.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                    self._tb.add_scalar(f"{kind}/{k}", v, step)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if kind is None or r["kind"] == kind]
