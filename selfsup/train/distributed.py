@@ -44,9 +44,10 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     piece (losses such as NT-Xent need the whole batch as negatives)."""
     if not is_distributed():
         return x
-    from torch.distributed.nn.functional import all_gather
+    from torch.distributed._functional_collectives import all_gather_single_autograd
 
-    return torch.cat(all_gather(x), dim=0)
+    # Its backward sums every rank's gradient for this rank's piece (a reduce-scatter).
+    return all_gather_single_autograd(x, 0, dist.group.WORLD)
 
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
