@@ -1,0 +1,161 @@
+"""Feature extraction from a frozen backbone, done once and cached for every evaluator.
+
+The backbone contract (see `selfsup.backbones`): an `nn.Module` with `dim`, `forward(x) -> [B, dim]`,
+`layer_names`, `layer_dims` and `forward_layers(x, names) -> {name: [B, D_name]}` (pooled).
+Images are uint8 `[N, C, H, W]`; this module normalises them itself so that evaluation does not
+depend on the view code.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter (or buffer); CPU for a module with neither."""
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def frozen_eval(module: nn.Module):
+    """Puts every submodule in eval mode and restores each one's own flag afterwards.
+
+    Restoring per submodule, not with one `module.train(was_training)`, keeps deliberately
+    frozen parts (e.g. BatchNorm left in eval during fine-tuning) as the caller had them.
+    """
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _check_images(images: Tensor) -> None:
+    if not isinstance(images, Tensor):
+        raise TypeError(f"extract_features: images must be a torch.Tensor, got {type(images).__name__}")
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise ValueError(
+            "extract_features: images must be uint8 [N, C, H, W], "
+            f"got {images.dtype} with shape {tuple(images.shape)}"
+        )
+
+
+def _check_layers(backbone: nn.Module, layers: Sequence[str]) -> list[str]:
+    if isinstance(layers, str):  # a bare string would otherwise be read as a list of characters
+        layers = [layers]
+    layers = list(layers)
+    known = list(getattr(backbone, "layer_names", []))
+    unknown = [n for n in layers if n not in known]
+    if unknown or not layers:
+        raise ValueError(
+            f"extract_features: unknown layer(s) {unknown or layers} for "
+            f"{type(backbone).__name__}; available: {known}"
+        )
+    return layers
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module,
+    images: Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    batch_size: int = 512,
+    device: torch.device | str | None = None,
+    layers: Sequence[str] | None = None,
+    precision: str = "fp32",
+    progress: bool = False,
+) -> Tensor | dict[str, Tensor]:
+    """Runs a frozen backbone over all images and returns float32 features on `device`.
+
+    Args:
+        backbone: module following the backbone contract; used in eval mode, its previous
+            train/eval flags restored afterwards.
+        images: uint8 [N, C, H, W] on any device; moved one chunk at a time to `device`.
+        mean, std: per-channel normalisation in [0, 1] pixel units (length C, or 1).
+        batch_size: images per forward pass.
+        device: where the forward runs and the features stay (the backbone must already be
+            there); default: the backbone's device.
+        layers: if given, names from `backbone.layer_names`; returns {name: [N, D_name]}.
+        precision: "fp32", or "bf16"/"fp16" for autocast on the device type.
+        progress: show a tqdm bar.
+
+    Returns:
+        float32 [N, backbone.dim], or a dict of float32 [N, D_name] when `layers` is given.
+    """
+    _check_images(images)
+    if precision not in PRECISIONS:
+        raise ValueError(f"extract_features: precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if batch_size < 1:
+        raise ValueError(f"extract_features: batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device) if device is not None else module_device(backbone)
+    names = _check_layers(backbone, layers) if layers is not None else None
+
+    n, c = images.shape[:2]
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device).flatten()
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=device).flatten()
+    if mean_t.numel() not in (1, c) or std_t.numel() not in (1, c):
+        raise ValueError(
+            f"extract_features: mean/std need 1 or {c} values (images have {c} channels), "
+            f"got {mean_t.numel()} and {std_t.numel()}"
+        )
+    # (x / 255 - mean) / std folded into one multiply-add per pixel: x * scale + shift.
+    scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1)
+    shift = (-mean_t / std_t).view(1, -1, 1, 1)
+
+    # Feed images in the layout the convolution weights are in (the trainer may have made them
+    # channels-last), so that no layer converts back and forth.
+    conv_w = next((p for p in backbone.parameters() if p.dim() == 4), None)
+    channels_last = conv_w is not None and not conv_w.is_contiguous() and conv_w.is_contiguous(
+        memory_format=torch.channels_last
+    )
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    dtype = PRECISIONS[precision]
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    )
+    out: dict[str, Tensor] = {}  # name -> [N, D_name], allocated once the first chunk shows D
+    key = "__pooled__"
+    with frozen_eval(backbone), tqdm(total=n, unit="img", desc="features", disable=not progress) as bar:
+        for start in range(0, n, batch_size):
+            x = images[start : start + batch_size].to(device, non_blocking=True)
+            x = torch.addcmul(shift, x.float(), scale).contiguous(memory_format=layout)  # x: [b, C, H, W]
+            with autocast:
+                feats = backbone.forward_layers(x, names) if names is not None else {key: backbone(x)}
+            for name, f in feats.items():
+                if names is not None and name not in names:
+                    continue
+                if f.dim() != 2 or f.shape[0] != x.shape[0]:
+                    raise ValueError(
+                        f"extract_features: {type(backbone).__name__} returned shape {tuple(f.shape)} "
+                        f"for {'layer ' + repr(name) if name != key else 'forward'}; expected [{x.shape[0]}, D]"
+                    )
+                if name not in out:
+                    out[name] = torch.empty(n, f.shape[1], dtype=torch.float32, device=device)
+                out[name][start : start + x.shape[0]] = f  # casts bf16 -> float32
+            bar.update(x.shape[0])
+
+    if n == 0:  # no forward ran: size the empty outputs from the declared dimensions
+        if names is None:
+            out[key] = torch.empty(0, int(backbone.dim), device=device)
+        else:
+            out = {name: torch.empty(0, int(backbone.layer_dims[name]), device=device) for name in names}
+    if names is None:
+        return out[key]
+    missing = [name for name in names if name not in out]
+    if missing:
+        raise ValueError(f"extract_features: {type(backbone).__name__}.forward_layers did not return {missing}")
+    return {name: out[name] for name in names}
