@@ -1,0 +1,75 @@
+"""Image encoders: a config dataclass, a registry, and `build_backbone`.
+
+Every backbone maps images `[B, C, H, W]` to pooled features `[B, dim]` and exposes
+`layer_names`, `layer_dims` and `forward_layers(x, names)` for per-layer probing.
+"""
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional
+
+from torch import nn
+
+from .resnet import ResNet, resnet18, resnet34, resnet50
+from .vit import VisionTransformer, patchify, unpatchify, vit_base, vit_small, vit_tiny
+
+
+@dataclass
+class BackboneConfig:
+    """Which encoder to build and how.
+
+    name: registry key, one of `BACKBONES` (resnet18 | resnet34 | resnet50 | vit_tiny |
+        vit_small | vit_base).
+    cifar_stem: ResNet only. True: 3x3 stride-1 stem conv and no max-pool, so small images keep
+        their resolution; False: ImageNet 7x7 stride-2 conv + max-pool; None: decide from the image
+        size (CIFAR stem when image_size <= 64).
+    width: ResNet only. Channel multiplier; stage widths are 64·width, 128·width, 256·width,
+        512·width (times 4 for Bottleneck outputs).
+    zero_init_residual: ResNet only. Start each residual branch's last BN at gamma = 0 so every
+        block begins as the identity (Goyal et al. 2017, §5.1).
+    patch_size: ViT only. Side of the square patches; must divide the image size.
+    pool: ViT only. "mean": mean of the final patch tokens; "cls": a class token.
+    drop_path: ViT only. Stochastic-depth rate of the last block, rising linearly from 0.
+    """
+
+    name: str = "resnet18"
+    cifar_stem: Optional[bool] = None
+    width: float = 1.0
+    zero_init_residual: bool = True
+    patch_size: int = 4
+    pool: str = "mean"
+    drop_path: float = 0.0
+
+
+# name -> builder(cfg, in_channels, image_size); a new backbone is one line here.
+BACKBONES: Dict[str, Callable[[BackboneConfig, int, int], nn.Module]] = {
+    "resnet18": resnet18,
+    "resnet34": resnet34,
+    "resnet50": resnet50,
+    "vit_tiny": vit_tiny,
+    "vit_small": vit_small,
+    "vit_base": vit_base,
+}
+
+
+def build_backbone(cfg: BackboneConfig, in_channels: int, image_size: int) -> nn.Module:
+    """Build the encoder `cfg.name` for images of `in_channels` channels and side `image_size`."""
+    if cfg.name not in BACKBONES:
+        raise ValueError(
+            f"backbone.name: unknown backbone {cfg.name!r}; choose one of {sorted(BACKBONES)}"
+        )
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+    if image_size < 1:
+        raise ValueError(f"image_size must be >= 1, got {image_size}")
+    return BACKBONES[cfg.name](cfg, in_channels, image_size)
+
+
+__all__ = [
+    "BACKBONES",
+    "BackboneConfig",
+    "ResNet",
+    "VisionTransformer",
+    "build_backbone",
+    "patchify",
+    "unpatchify",
+]
