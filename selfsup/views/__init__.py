@@ -1,0 +1,25 @@
+"""Batched, on-device random views: every image gets its own draw, seeded by a Generator."""
+
+from . import ops
+from .recipes import (
+    ViewConfig,
+    Views,
+    ViewSet,
+    build_view_set,
+    build_views,
+    byol,
+    eval_transform,
+    simclr,
+)
+
+__all__ = [
+    "ViewConfig",
+    "Views",
+    "ViewSet",
+    "build_views",
+    "build_view_set",
+    "eval_transform",
+    "simclr",
+    "byol",
+    "ops",
+]
