@@ -30,6 +30,10 @@ def features(backbone: nn.Module, images: torch.Tensor, mean: Sequence[float], s
     return out[ecfg.layer] if layers else out
 
 
+def _described(ecfg) -> str:
+    return f"{ecfg.layer} output, pooled" if ecfg.layer else "pooled backbone output"
+
+
 def knn_eval(backbone, train, test, mean, std, ecfg, size=None, device=None, precision="fp32",
              progress=False) -> dict:
     """k-NN top-1 of `test` against the features of `train` (both ImageSets with labels)."""
@@ -39,7 +43,7 @@ def knn_eval(backbone, train, test, mean, std, ecfg, size=None, device=None, pre
     k = ecfg.knn
     return knn_accuracy(tr, train.labels.to(device), te, test.labels.to(device), k=k.k,
                         temperature=k.temperature, num_classes=train.num_classes,
-                        chunk_size=k.chunk_size)
+                        chunk_size=k.chunk_size, features=_described(ecfg))
 
 
 def linear_eval(backbone, train, test, mean, std, ecfg, size=None, device=None, precision="fp32",
@@ -49,4 +53,5 @@ def linear_eval(backbone, train, test, mean, std, ecfg, size=None, device=None, 
     tr = features(backbone, train.images, mean, std, ecfg, size, device, precision, progress)
     te = features(backbone, test.images, mean, std, ecfg, size, device, precision, progress)
     return linear_probe(tr, train.labels.to(device), te, test.labels.to(device), cfg=ecfg.linear,
-                        num_classes=train.num_classes, seed=seed, progress=progress)
+                        num_classes=train.num_classes, seed=seed, progress=progress,
+                        features=_described(ecfg))
