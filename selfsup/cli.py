@@ -59,8 +59,8 @@ def _evaluate(args) -> int:
     backbone = load_encoder(args.run, cfg, train.images.shape[1]).to(device)
     precision = "bf16" if resolve_precision(cfg.trainer.precision, device) else "fp32"
     run = knn_eval if args.protocol == "knn" else linear_eval
-    res = run(backbone, train, test, mean, std, cfg.eval, size=cfg.views.size, device=device,
-              precision=precision, progress=True)
+    res = run(backbone, train, test, mean, std, cfg.eval, size=cfg.eval.size or cfg.views.size,
+              device=device, precision=precision, progress=True)
     print(f"{args.protocol} top-1: {res['top1']:.2f}%  ({res['protocol']})")
     out = run_dir / f"eval_{args.protocol}.json"
     out.write_text(json.dumps({**res, "weights": str(args.run)}, indent=2, default=str))

@@ -44,6 +44,7 @@ class DataConfig:
     image_size: resize (shorter side + centre crop) images of a folder whose sizes differ.
     subset: train on a seeded random subset of this many training images.
     on_device: keep the uint8 images on the training device (the fast path).
+    download: fetch a missing official dataset into the root (checksum verified).
     """
 
     name: str = "digits"
@@ -53,6 +54,7 @@ class DataConfig:
     image_size: Optional[int] = None
     subset: Optional[int] = None
     on_device: bool = True
+    download: bool = False
 
 
 @dataclass
@@ -125,10 +127,13 @@ class EvalConfig:
 
     batch_size: images per feature-extraction batch. layer: which backbone output to probe
     (null: the pooled output; else one of the backbone's layer_names, e.g. layer3 or block6).
+    size: evaluation input size (null: the training view size, views.size); a CNN trained on
+        small random crops often does better tested at the images' full size (FixRes, Touvron 2019).
     """
 
     batch_size: int = 512
     layer: Optional[str] = None
+    size: Optional[int] = None
     knn: KNNConfig = field(default_factory=KNNConfig)
     linear: LinearConfig = field(default_factory=LinearConfig)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from selfsup.config import load_config
+from selfsup.config import ConfigError, load_config
 from selfsup.methods import METHODS
 from selfsup.run import load_encoder
 from selfsup.train.checkpoint import latest_checkpoint, load_checkpoint
@@ -103,12 +103,13 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
 
 
 def test_batch_larger_than_dataset_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="larger than the training set"):
+    with pytest.raises(ConfigError, match="larger than the training set"):
         Trainer(tiny(tmp_path, "trainer.batch_size=100000"), run_dir=tmp_path / "r")
 
 
-@pytest.mark.parametrize("opt", ["sgd", "adamw", "lars"])
-def test_optimizers_step(tmp_path, opt):
-    cfg = tiny(tmp_path, f"trainer.optimizer={opt}", "trainer.lr=0.05", "trainer.epochs=1")
+@pytest.mark.parametrize("opt,clip", [("sgd", "null"), ("adamw", "null"), ("lars", "0.5")])
+def test_optimizers_step(tmp_path, opt, clip):
+    cfg = tiny(tmp_path, f"trainer.optimizer={opt}", "trainer.lr=0.05", "trainer.epochs=1",
+               f"trainer.grad_clip={clip}")
     run = Trainer(cfg, run_dir=tmp_path / opt).fit()
     assert read_metrics(run, "train")

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from selfsup.backbones import build_backbone
-from selfsup.config import Config, to_yaml
+from selfsup.config import Config, ConfigError, to_yaml
 from selfsup.data import ImageSet, dataset_stats, load_dataset
 from selfsup.eval.protocols import knn_eval
 from selfsup.methods import build_method
@@ -74,7 +74,8 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 def prepare_data(cfg: Config) -> tuple[ImageSet, ImageSet | None, list[float], list[float]]:
     d = cfg.data
-    train = load_dataset(d.name, d.train_split, root=d.root, image_size=d.image_size)
+    train = load_dataset(d.name, d.train_split, root=d.root, image_size=d.image_size,
+                         download=d.download)
     if d.subset is not None and d.subset < len(train):
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.trainer.seed))
         train = train.subset(pick[: d.subset])
@@ -105,11 +106,11 @@ class Trainer:
         self.train_set, self.test_set, self.mean, self.std = prepare_data(cfg)
         self.world = dist.world_size()
         if t.batch_size % self.world:
-            raise ValueError(f"trainer.batch_size={t.batch_size} must divide among {self.world} processes")
+            raise ConfigError(f"trainer.batch_size={t.batch_size} must divide among {self.world} processes")
         self.local_batch = t.batch_size // self.world
         self.steps_per_epoch = len(self.train_set) // t.batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(f"trainer.batch_size={t.batch_size} is larger than the training set "
+            raise ConfigError(f"trainer.batch_size={t.batch_size} is larger than the training set "
                              f"({len(self.train_set)} images)")
         self.total_steps = t.epochs * self.steps_per_epoch
         store = self.device if cfg.data.on_device else torch.device("cpu")
@@ -117,6 +118,9 @@ class Trainer:
 
         torch.manual_seed(t.seed)  # same initial weights on every rank, and from run to run
         self.model = build_model(cfg, self.train_set.images.shape[1]).to(self.device)
+        if dist.is_distributed() and t.sync_bn and self.device.type == "cuda":
+            # BatchNorm statistics over the global batch (SimCLR appendix B.1); GPUs only in torch.
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.views = build_views(cfg.views, self.mean, self.std)
@@ -126,9 +130,6 @@ class Trainer:
 
         self.forward = self.model
         if dist.is_distributed():
-            if t.sync_bn and self.device.type == "cuda":  # SyncBatchNorm runs on GPUs only
-                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-                self.optimizer = build_optimizer(self.model, t, self.peak_lr)
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.forward = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if t.compile:
@@ -164,7 +165,7 @@ class Trainer:
             pick = torch.randperm(len(bank), generator=torch.Generator().manual_seed(t.seed + 1))
             bank = bank.subset(pick[: t.knn_bank])
         return knn_eval(self.model.backbone, bank, self.test_set, self.mean, self.std, e,
-                        size=self.cfg.views.size, device=self.device,
+                        size=self.cfg.eval.size or self.cfg.views.size, device=self.device,
                         precision="bf16" if self.amp_dtype is not None else "fp32")
 
     # -- the loop ----------------------------------------------------------------------------
