@@ -31,7 +31,6 @@ from selfsup.train.trainer import Trainer, step_seed
 
 def measure(trainer: Trainer, steps: int) -> tuple[float, float]:
     """(images/s of full training steps, seconds per augmentation call / seconds per step)."""
-    t = trainer.cfg.trainer
     x = trainer.images[: trainer.local_batch].to(trainer.device)
     g = torch.Generator(device=trainer.device)
 
@@ -44,15 +43,7 @@ def measure(trainer: Trainer, steps: int) -> tuple[float, float]:
             return trainer.views(x, g.manual_seed(step_seed(0, 0, i)))
 
     def full_step(i):
-        views = aug_only(i)
-        if t.channels_last:
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype or torch.bfloat16,
-                            enabled=trainer.amp_dtype is not None):
-            loss, _ = trainer.forward(views)
-        trainer.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        trainer.optimizer.step()
+        trainer.train_step(x, step_seed(0, 0, i))
 
     timings = {}
     for name, fn in (("step", full_step), ("aug", aug_only)):
@@ -64,7 +55,7 @@ def measure(trainer: Trainer, steps: int) -> tuple[float, float]:
             fn(i)
         sync()
         timings[name] = (time.perf_counter() - start) / steps
-    return t.batch_size / timings["step"], timings["aug"] / timings["step"]
+    return trainer.cfg.trainer.batch_size / timings["step"], timings["aug"] / timings["step"]
 
 
 def main() -> None:

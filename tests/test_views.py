@@ -363,7 +363,7 @@ def test_normalize():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_runs_on_gpu_with_a_gpu_generator():
-    x = images(64).cuda()
+    x = images(64).to("cuda")
     g = torch.Generator(device="cuda").manual_seed(0)
     out = build_views(ViewConfig(blur_p=0.5, solarize_p=0.2), MEAN, STD)(x, g)
     assert all(v.device == x.device and v.shape == (64, 3, 32, 32) for v in out)

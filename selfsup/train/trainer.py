@@ -127,6 +127,8 @@ class Trainer:
         self.peak_lr = peak_lr(t.lr, t.batch_size, t.lr_scaling)
         self.optimizer = build_optimizer(self.model, t, self.peak_lr)
         self.step = 0
+        self._aug = torch.Generator(device=self.device)
+        self.last_metrics: dict[str, torch.Tensor] = {}
 
         self.forward = self.model
         if dist.is_distributed():
@@ -169,6 +171,26 @@ class Trainer:
                         precision="bf16" if self.amp_dtype is not None else "fp32")
 
     # -- the loop ----------------------------------------------------------------------------
+    def train_step(self, x: torch.Tensor, aug_seed: int) -> torch.Tensor:
+        """One optimizer step on a uint8 batch [B, C, H, W] on the device: the method's views
+        (drawn from `aug_seed`), forward under autocast, backward, clip, step, per-step state.
+        Returns the detached loss; the method's metrics are kept in `last_metrics`."""
+        t = self.cfg.trainer
+        with torch.no_grad():
+            views = self.views(x, self._aug.manual_seed(aug_seed))
+        if t.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                            enabled=self.amp_dtype is not None):
+            loss, self.last_metrics = self.forward(views)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.optimizer.step()
+        self.model.on_step_end(self.step, self.total_steps)
+        return loss.detach()
+
     def fit(self) -> Path:
         t = self.cfg.trainer
         main = dist.is_main()
@@ -179,7 +201,6 @@ class Trainer:
         log = RunLog(self.run_dir if main else None)
         warmup = round(t.warmup_epochs * self.steps_per_epoch)
         rank, n = dist.rank(), len(self.train_set)
-        aug = torch.Generator(device=self.device)
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (main and t.progress),
                    desc=f"{self.cfg.method.name}", unit="step", dynamic_ncols=True)
         train_time, window_start, window_steps = 0.0, time.perf_counter(), 0
@@ -195,22 +216,10 @@ class Trainer:
                 lr = cosine_lr(self.step, self.total_steps, warmup, self.peak_lr, t.min_lr * self.peak_lr)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
-                with torch.no_grad():
-                    views = self.views(x, aug.manual_seed(step_seed(t.seed, rank, self.step)))
-                if t.channels_last:
-                    views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
-                                    enabled=self.amp_dtype is not None):
-                    loss, metrics = self.forward(views)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if t.grad_clip:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-                self.optimizer.step()
-                self.model.on_step_end(self.step, self.total_steps)
+                loss = self.train_step(x, step_seed(t.seed, rank, self.step))
                 self.step += 1
                 window_steps += 1
-                running += loss.detach()
+                running += loss
                 bar.update(1)
 
                 epoch_done = self.step % self.steps_per_epoch == 0
@@ -225,7 +234,7 @@ class Trainer:
                     ips = window_steps * t.batch_size / max(now - window_start, 1e-9)
                     log.log("train", self.step, epoch=self.step / self.steps_per_epoch, loss=mean_loss,
                             lr=lr, images_per_s=ips, train_time_s=train_time,
-                            **{k: v.item() for k, v in metrics.items()})
+                            **{k: v.item() for k, v in self.last_metrics.items()})
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}", img_s=f"{ips:.0f}")
                     running.zero_()
                     window_steps = 0
