@@ -2,8 +2,8 @@
 
 The backbone contract (see `selfsup.backbones`): an `nn.Module` with `dim`, `forward(x) -> [B, dim]`,
 `layer_names`, `layer_dims` and `forward_layers(x, names) -> {name: [B, D_name]}` (pooled).
-Images are uint8 `[N, C, H, W]`; this module normalises them itself so that evaluation does not
-depend on the view code.
+Images are uint8 `[N, C, H, W]`, normalised (and resized where asked) per chunk by the views'
+deterministic `eval_transform`, the one place that turns stored pixels into network input.
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from selfsup.views import eval_transform
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -78,6 +80,7 @@ def extract_features(
     layers: Sequence[str] | None = None,
     precision: str = "fp32",
     progress: bool = False,
+    size: int | None = None,
 ) -> Tensor | dict[str, Tensor]:
     """Runs a frozen backbone over all images and returns float32 features on `device`.
 
@@ -92,6 +95,7 @@ def extract_features(
         layers: if given, names from `backbone.layer_names`; returns {name: [N, D_name]}.
         precision: "fp32", or "bf16"/"fp16" for autocast on the device type.
         progress: show a tqdm bar.
+        size: resize images to size x size before the forward (None: as stored).
 
     Returns:
         float32 [N, backbone.dim], or a dict of float32 [N, D_name] when `layers` is given.
@@ -104,18 +108,7 @@ def extract_features(
     device = torch.device(device) if device is not None else module_device(backbone)
     names = _check_layers(backbone, layers) if layers is not None else None
 
-    n, c = images.shape[:2]
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device).flatten()
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=device).flatten()
-    if mean_t.numel() not in (1, c) or std_t.numel() not in (1, c):
-        raise ValueError(
-            f"extract_features: mean/std need 1 or {c} values (images have {c} channels), "
-            f"got {mean_t.numel()} and {std_t.numel()}"
-        )
-    # (x / 255 - mean) / std folded into one multiply-add per pixel: x * scale + shift.
-    scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1)
-    shift = (-mean_t / std_t).view(1, -1, 1, 1)
-
+    n = images.shape[0]
     # Feed images in the layout the convolution weights are in (the trainer may have made them
     # channels-last), so that no layer converts back and forth.
     conv_w = next((p for p in backbone.parameters() if p.dim() == 4), None)
@@ -132,7 +125,7 @@ def extract_features(
     with frozen_eval(backbone), tqdm(total=n, unit="img", desc="features", disable=not progress) as bar:
         for start in range(0, n, batch_size):
             x = images[start : start + batch_size].to(device, non_blocking=True)
-            x = torch.addcmul(shift, x.float(), scale).contiguous(memory_format=layout)  # x: [b, C, H, W]
+            x = eval_transform(x, mean, std, size).contiguous(memory_format=layout)  # [b, C, H, W]
             with autocast:
                 feats = backbone.forward_layers(x, names) if names is not None else {key: backbone(x)}
             for name, f in feats.items():
