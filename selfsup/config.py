@@ -66,6 +66,8 @@ class TrainerConfig:
     lr: base learning rate for 256 images, scaled by lr_scaling (linear: lr*batch/256,
         sqrt: lr*sqrt(batch/256), none). min_lr: floor of the cosine decay, as a fraction of the peak.
     weight_decay, momentum, betas: optimizer settings; wd_exclude_bias_norm: no decay on 1-d params.
+    weight_decay_end: weight decay at the last step, reached along a half cosine from weight_decay
+        (DINO's schedule, 0.04 -> 0.4); null: constant.
     warmup_epochs: linear warm-up length (may be fractional).
     grad_clip: clip the global gradient norm to this value (null: off).
     precision: auto (bf16 on GPUs and on CPUs with avx512_bf16/AMX, else fp32) | bf16 | fp32.
@@ -87,6 +89,7 @@ class TrainerConfig:
     lr_scaling: str = "linear"
     min_lr: float = 0.0
     weight_decay: float = 1e-6
+    weight_decay_end: Optional[float] = None
     wd_exclude_bias_norm: bool = True
     momentum: float = 0.9
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -140,9 +143,15 @@ class EvalConfig:
 
 @dataclass
 class Config:
+    """A whole run. `views` describes the method's (first) views; each entry of `extra_views` is
+    more views drawn after them, written as changes to `views`: BYOL's second, asymmetric view
+    `{blur_p: 0.1, solarize_p: 0.2}`, or DINO's local crops `{n_views: 6, size: 16, scale: [0.05,
+    0.25]}`. A method receives all views in that order."""
+
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     views: ViewConfig = field(default_factory=ViewConfig)
+    extra_views: list[dict[str, Any]] = field(default_factory=list)
     method: Any = field(default_factory=lambda: {"name": "simclr"})
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -216,7 +225,22 @@ def build_config(*sources: Any) -> Config:
     OmegaConf.set_struct(with_method, False)
     merged = OmegaConf.merge(with_method, cfg)
     merged.method = method_cfg
-    return _to_object(merged)
+    config = _to_object(merged)
+    view_configs(config)  # refuse a bad extra_views entry now, naming it
+    return config
+
+
+def view_configs(cfg: Config) -> list[ViewConfig]:
+    """`views` followed by each `extra_views` entry merged over it: every family of views a step
+    draws, in the order the method receives them."""
+    out = [cfg.views]
+    for i, changes in enumerate(cfg.extra_views):
+        merged = _merge(cfg.views, OmegaConf.create(dict(changes)), prefix=f"extra_views.{i}.")
+        try:
+            out.append(_to_object(merged))
+        except ConfigError as e:
+            raise ConfigError(f"extra_views.{i}: {e}") from None
+    return out
 
 
 def load_config(recipe: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:

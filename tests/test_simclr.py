@@ -4,6 +4,7 @@ import math
 
 import torch
 
+from selfsup.methods.schedules import Progress
 from selfsup.methods.simclr import SimCLR, SimCLRConfig, nt_xent
 
 
@@ -76,7 +77,7 @@ class _TinyBackbone(torch.nn.Module):
 def test_simclr_forward_backward():
     model = SimCLR(SimCLRConfig(proj_hidden=16, proj_dim=8), _TinyBackbone())
     views = [torch.randn(10, 3, 4, 4), torch.randn(10, 3, 4, 4)]
-    loss, metrics = model(views)
+    loss, metrics = model(views, Progress(0, 1, 1))
     loss.backward()
     assert torch.isfinite(loss) and "contrast_acc" in metrics
     assert model.backbone.net[1].weight.grad.abs().sum() > 0

@@ -1,8 +1,14 @@
 """Method registry: name -> nn.Module class with a `config_class` dataclass.
 
-A method owns its backbone and heads and maps a list of views to `(loss, metrics)`; per-step
-state (EMA teachers, queues, centres) is updated in `on_step_end(step, total_steps)`, called
-once after each optimizer step.
+A method owns its backbone (the encoder that is exported and evaluated, `.backbone`) and its
+heads, and has:
+- `forward(views, progress) -> (loss, metrics)`: views are the float batches of `view_configs`
+  in order; `progress` (a `schedules.Progress`) drives temperature and freeze schedules;
+- `on_step_end(progress)`: called once after each optimizer step; per-step state (EMA teachers,
+  queues, centres) is updated here and nowhere else;
+- optionally `on_after_backward(progress)`: called between backward and the optimizer step
+  (DINO drops its last layer's gradients there during the first epoch).
+Shared pieces: `heads.mlp`, `ema` (teachers), `queue.FeatureQueue`, `schedules`.
 """
 
 from selfsup.methods.simclr import SimCLR

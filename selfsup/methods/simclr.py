@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.methods.heads import mlp
+from selfsup.methods.schedules import Progress
 from selfsup.train.distributed import gather_with_grad, rank
 
 
@@ -35,17 +37,6 @@ class SimCLRConfig:
             raise ValueError(f"method.temperature must be positive, got {self.temperature}")
         if self.proj_layers < 1:
             raise ValueError(f"method.proj_layers must be at least 1, got {self.proj_layers}")
-
-
-def projection_mlp(in_dim: int, hidden: int, out: int, layers: int) -> nn.Sequential:
-    """Linear-BN-ReLU blocks, then a Linear to `out` (BN in the head follows the official code)."""
-    mods: list[nn.Module] = []
-    dim = in_dim
-    for _ in range(layers - 1):
-        mods += [nn.Linear(dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
-        dim = hidden
-    mods.append(nn.Linear(dim, out))
-    return nn.Sequential(*mods)
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float,
@@ -77,9 +68,11 @@ class SimCLR(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
-        self.projector = projection_mlp(backbone.dim, cfg.proj_hidden, cfg.proj_dim, cfg.proj_layers)
+        # Linear-BN-ReLU blocks then a Linear (BN in the head follows the official code).
+        self.projector = mlp(backbone.dim, cfg.proj_hidden, cfg.proj_dim, cfg.proj_layers)
 
-    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, views: list[torch.Tensor], progress: Progress
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if len(views) != 2:
             raise ValueError(f"SimCLR takes 2 views, got {len(views)}: set views.n_views=2")
         b = views[0].shape[0]
@@ -91,5 +84,5 @@ class SimCLR(nn.Module):
         loss, acc = nt_xent(z1, z2, self.cfg.temperature, z_all, offset=rank() * 2 * b)
         return loss, {"contrast_acc": acc}
 
-    def on_step_end(self, step: int, total_steps: int) -> None:
+    def on_step_end(self, progress: Progress) -> None:
         pass  # SimCLR keeps no per-step state

@@ -50,6 +50,15 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return all_gather_single_autograd(x, 0, dist.group.WORLD)
 
 
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate `x` from every rank along dim 0, without gradient (queues, centres, shuffles)."""
+    if not is_distributed():
+        return x
+    out = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out)
+
+
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return x

@@ -51,15 +51,16 @@ class LARS(torch.optim.Optimizer):
 
 def param_groups(model: nn.Module, weight_decay: float, exclude_bias_norm: bool) -> list[dict]:
     """Two groups: weights, and 1-d parameters (biases, norm scales) which get no weight decay and
-    no LARS adaptation when `exclude_bias_norm`."""
+    no LARS adaptation when `exclude_bias_norm`. `decay` marks the group a weight-decay schedule
+    drives. Parameters that take no gradient (EMA teachers) are left out."""
     decay, no_decay = [], []
     for p in model.parameters():
         if not p.requires_grad:
             continue
         (no_decay if exclude_bias_norm and p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
+    groups = [{"params": decay, "weight_decay": weight_decay, "decay": True}]
     if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "lars_exclude": True})
+        groups.append({"params": no_decay, "weight_decay": 0.0, "decay": False, "lars_exclude": True})
     return groups
 
 

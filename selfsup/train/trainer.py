@@ -18,16 +18,17 @@ from torch import nn
 from tqdm import tqdm
 
 from selfsup.backbones import build_backbone
-from selfsup.config import Config, ConfigError, to_yaml
+from selfsup.config import Config, ConfigError, to_yaml, view_configs
 from selfsup.data import ImageSet, dataset_stats, load_dataset
 from selfsup.eval.protocols import knn_eval
 from selfsup.methods import build_method
+from selfsup.methods.schedules import Progress, cosine_schedule
 from selfsup.run import write_stats
 from selfsup.train import distributed as dist
 from selfsup.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_weights
 from selfsup.train.optim import build_optimizer, cosine_lr, peak_lr
 from selfsup.train.runlog import RunLog
-from selfsup.views import build_views
+from selfsup.views import build_view_set
 
 
 class TrainingDiverged(RuntimeError):
@@ -123,7 +124,7 @@ class Trainer:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.views = build_views(cfg.views, self.mean, self.std)
+        self.views = build_view_set(view_configs(cfg), self.mean, self.std)
         self.peak_lr = peak_lr(t.lr, t.batch_size, t.lr_scaling)
         self.optimizer = build_optimizer(self.model, t, self.peak_lr)
         self.step = 0
@@ -133,7 +134,10 @@ class Trainer:
         self.forward = self.model
         if dist.is_distributed():
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            # Buffers are not broadcast from rank 0 each step: queues and centres are updated
+            # from gathered values on every rank alike, and BN running statistics stay per rank.
+            self.forward = nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
+                                                               broadcast_buffers=False)
         if t.compile:
             self.forward = torch.compile(self.forward)
 
@@ -171,24 +175,44 @@ class Trainer:
                         precision="bf16" if self.amp_dtype is not None else "fp32")
 
     # -- the loop ----------------------------------------------------------------------------
+    def progress(self) -> Progress:
+        return Progress(self.step, self.steps_per_epoch, self.total_steps)
+
+    def set_schedules(self) -> float:
+        """Learning rate (and weight decay, if scheduled) of the current step; returns the lr."""
+        t = self.cfg.trainer
+        warmup = round(t.warmup_epochs * self.steps_per_epoch)
+        lr = cosine_lr(self.step, self.total_steps, warmup, self.peak_lr, t.min_lr * self.peak_lr)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        if t.weight_decay_end is not None:
+            wd = cosine_schedule(t.weight_decay, t.weight_decay_end, self.progress().fraction)
+            for g in self.optimizer.param_groups:
+                if g["decay"]:
+                    g["weight_decay"] = wd
+        return lr
+
     def train_step(self, x: torch.Tensor, aug_seed: int) -> torch.Tensor:
         """One optimizer step on a uint8 batch [B, C, H, W] on the device: the method's views
         (drawn from `aug_seed`), forward under autocast, backward, clip, step, per-step state.
         Returns the detached loss; the method's metrics are kept in `last_metrics`."""
         t = self.cfg.trainer
+        progress = self.progress()
         with torch.no_grad():
             views = self.views(x, self._aug.manual_seed(aug_seed))
         if t.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
                             enabled=self.amp_dtype is not None):
-            loss, self.last_metrics = self.forward(views)
+            loss, self.last_metrics = self.forward(views, progress)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if hasattr(self.model, "on_after_backward"):  # e.g. DINO freezing its last layer
+            self.model.on_after_backward(progress)
         if t.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
         self.optimizer.step()
-        self.model.on_step_end(self.step, self.total_steps)
+        self.model.on_step_end(progress)
         return loss.detach()
 
     def fit(self) -> Path:
@@ -199,7 +223,6 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg))
             write_stats(self.run_dir, self.mean, self.std)
         log = RunLog(self.run_dir if main else None)
-        warmup = round(t.warmup_epochs * self.steps_per_epoch)
         rank, n = dist.rank(), len(self.train_set)
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (main and t.progress),
                    desc=f"{self.cfg.method.name}", unit="step", dynamic_ncols=True)
@@ -213,9 +236,7 @@ class Trainer:
                 lo = i * t.batch_size + rank * self.local_batch
                 idx = perm[lo: lo + self.local_batch].to(self.images.device)
                 x = self.images[idx].to(self.device, non_blocking=True)
-                lr = cosine_lr(self.step, self.total_steps, warmup, self.peak_lr, t.min_lr * self.peak_lr)
-                for g in self.optimizer.param_groups:
-                    g["lr"] = lr
+                lr = self.set_schedules()
                 loss = self.train_step(x, step_seed(t.seed, rank, self.step))
                 self.step += 1
                 window_steps += 1
