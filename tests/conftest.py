@@ -22,3 +22,25 @@ def _session_cache(tmp_path_factory):
 
 needs_cifar10 = pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpg.tar.gz").is_file(),
                                    reason=f"CIFAR-10 not found in {SHARED_DATA}")
+
+# A run small enough for a test: digits (offline), an 8-channel ResNet-18, 16x16 views, small heads.
+TINY = ["backbone.width=0.125", "views.size=16", "trainer.batch_size=64", "trainer.epochs=1",
+        "trainer.progress=false", "trainer.knn_every=-1", "trainer.log_every=5",
+        "method.proj_hidden=32", "method.proj_dim=16"]
+# What a method needs beyond TINY to be small: its name plus any method-specific sizes.
+TINY_METHOD = {
+    "mocov2": ["method.queue_size=256"],
+    "dino": ["method.out_dim=64"],
+}
+
+
+def tiny_config(method: str, *extra: str):
+    """The quick (digits) recipe with its SimCLR section swapped for `method`'s defaults, shrunk."""
+    from omegaconf import OmegaConf
+
+    from selfsup.config import build_config, recipe_path
+
+    recipe = OmegaConf.load(recipe_path("quick"))
+    del recipe["method"]
+    return build_config(recipe, [*TINY, f"method.name={method}", *TINY_METHOD.get(method, []),
+                                 *extra])

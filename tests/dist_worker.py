@@ -8,7 +8,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from conftest import tiny_config
 from selfsup.config import load_config
+from selfsup.methods import METHODS
+from selfsup.methods.queue import FeatureQueue
 from selfsup.methods.simclr import nt_xent
 from selfsup.train.distributed import gather_with_grad, init_distributed, rank, world_size
 from selfsup.train.trainer import Trainer
@@ -37,22 +40,53 @@ def gathered_loss_matches_single_process() -> dict:
                         (mine2.grad / w - ref2.grad[r]).abs().max().item())}
 
 
+def queue_holds_every_ranks_keys() -> bool:
+    """Rank r pushes 3 keys filled with r: every rank's queue then holds rank 0's, then rank 1's."""
+    q = FeatureQueue(size=8, dim=2)
+    q.push(torch.full((3, 2), float(rank())))
+    expected = torch.cat([torch.full((3, 2), float(r)) for r in range(world_size())])
+    return bool(torch.equal(q.features[: 3 * world_size()], expected)) and int(q.ptr) == 6
+
+
+def cross_rank_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and the buffers that must agree across ranks (queues, centres, pointers): all
+    buffers but BatchNorm's running statistics, which stay per rank (broadcast_buffers=False)."""
+    per_rank = ("running_mean", "running_var", "num_batches_tracked")
+    state = dict(module.named_parameters())
+    state.update((n, b) for n, b in module.named_buffers() if not n.endswith(per_rank))
+    return state
+
+
+def train_every_method(out: Path) -> dict:
+    """Each registered method trains one epoch on 2 ranks; returns, per method, each compared
+    tensor's sum on every rank and whether it changed during training."""
+    results = {}
+    for method in sorted(METHODS):
+        cfg = tiny_config(method, "trainer.knn_every=0", "trainer.threads=1", f"trainer.out={out}")
+        trainer = Trainer(cfg, run_dir=out / method)
+        before = {k: v.detach().clone() for k, v in cross_rank_state(trainer.model).items()}
+        trainer.fit()
+        after = cross_rank_state(trainer.model)
+        compared = {}
+        for name, value in after.items():
+            sums = [torch.zeros((), dtype=torch.float64) for _ in range(world_size())]
+            dist.all_gather(sums, value.detach().double().sum())
+            compared[name] = {"sums": [s.item() for s in sums],
+                              "changed": not torch.equal(before[name], value)}
+        results[method] = {"state": compared, "steps": trainer.step,
+                           "steps_per_epoch": trainer.steps_per_epoch,
+                           "encoder": (out / method / "encoder.safetensors").exists()}
+    return results
+
+
 def main(out: Path) -> None:
     init_distributed(torch.device("cpu"))
     errors = gathered_loss_matches_single_process()
-    cfg = load_config("quick", ["backbone.width=0.125", "views.size=16", "trainer.batch_size=64",
-                                "trainer.epochs=1", "trainer.progress=false", "trainer.knn_every=0",
-                                "method.proj_hidden=32", "method.proj_dim=16", "trainer.threads=1",
-                                f"trainer.out={out}"])
-    trainer = Trainer(cfg, run_dir=out / "run")
-    trainer.fit()
-    flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
-    sums = [torch.zeros((), dtype=torch.float64) for _ in range(world_size())]
-    dist.all_gather(sums, flat.double().sum())
+    queue_ok = queue_holds_every_ranks_keys()
+    methods = train_every_method(out)
     if rank() == 0:
         (out / "result.json").write_text(json.dumps({
-            **errors, "world": world_size(), "param_sums": [s.item() for s in sums],
-            "steps": trainer.step, "steps_per_epoch": trainer.steps_per_epoch}))
+            **errors, "queue_ok": queue_ok, "world": world_size(), "methods": methods}))
     dist.destroy_process_group()
 
 

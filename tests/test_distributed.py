@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from selfsup.methods import METHODS
+
 pytestmark = pytest.mark.distributed
+
+# (method, state) pairs kept equal on every rank by gathering: queue entries, DINO's centre.
+CROSS_RANK_STATE = [("mocov2", "queue.features"), ("mocov2", "queue.ptr"), ("dino", "center")]
 
 
 def test_two_process_gloo_run(tmp_path):
@@ -22,8 +27,16 @@ def test_two_process_gloo_run(tmp_path):
     res = json.loads((tmp_path / "result.json").read_text())
     assert res["world"] == 2
     assert res["loss"] < 1e-5 and res["grad"] < 1e-5
-    # Global batch 64 split 32 + 32: digits' 1437 training images give 22 steps an epoch.
-    assert res["steps"] == res["steps_per_epoch"] == 1437 // 64
-    a, b = res["param_sums"]
-    assert a == b, "ranks' weights diverged"
-    assert (tmp_path / "run" / "encoder.safetensors").exists()
+    assert res["queue_ok"], "a pushed queue must hold the keys of every rank, in rank order"
+    assert sorted(res["methods"]) == sorted(METHODS)
+    for method, r in res["methods"].items():
+        # Global batch 64 split 32 + 32: digits' 1437 training images give 22 steps an epoch.
+        assert r["steps"] == r["steps_per_epoch"] == 1437 // 64, method
+        assert r["encoder"], method
+        for name, s in r["state"].items():
+            a, b = s["sums"]
+            assert a == b, f"{method}: {name} differs between ranks ({a} vs {b})"
+    # The state that needs cross-rank communication is really updated, not merely equal.
+    for method, name in CROSS_RANK_STATE:
+        if method in res["methods"]:
+            assert res["methods"][method]["state"][name]["changed"], f"{method}: {name} never moved"

@@ -10,23 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from selfsup.methods.schedules import Progress
-
+from conftest import TINY, tiny_config
 from selfsup.config import ConfigError, load_config
 from selfsup.methods import METHODS
+from selfsup.methods.schedules import Progress
 from selfsup.run import load_encoder
 from selfsup.train.checkpoint import latest_checkpoint, load_checkpoint
 from selfsup.train.runlog import read_metrics
 from selfsup.train.trainer import Trainer, TrainingDiverged
 
-# A run small enough for a test: digits (offline), an 8-channel ResNet-18, 16x16 views.
-TINY = ["backbone.width=0.125", "views.size=16", "trainer.batch_size=64", "trainer.epochs=1",
-        "trainer.progress=false", "trainer.knn_every=-1", "trainer.log_every=5",
-        "method.proj_hidden=32", "method.proj_dim=16"]
-
 
 def tiny(tmp_path, *extra, method="simclr"):
-    return load_config("quick", [*TINY, f"method.name={method}", f"trainer.out={tmp_path}", *extra])
+    return tiny_config(method, f"trainer.out={tmp_path}", *extra)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -57,6 +52,38 @@ def test_every_method_trains_and_round_trips(tmp_path, method):
     encoder = load_encoder(run, cfg, in_channels=1)
     for k, v in encoder.state_dict().items():
         assert torch.equal(v, after[f"backbone.{k}"])
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_resumes_exactly(tmp_path, method):
+    """Stopped right after a mid-run checkpoint and resumed, a run ends with the weights, teacher,
+    queue and centre of an uninterrupted one."""
+    cfg = tiny(tmp_path, "trainer.epochs=2", "trainer.checkpoint_every_steps=7",
+               "trainer.checkpoint_every=100", "trainer.knn_every=-1", method=method)
+    whole = Trainer(cfg, run_dir=tmp_path / "whole")
+    whole.fit()
+
+    cut = Trainer(cfg, run_dir=tmp_path / "cut")
+    save = cut.save
+
+    def save_then_die():
+        save()
+        if cut.step == 14:
+            raise _Killed
+
+    cut.save = save_then_die
+    with pytest.raises(_Killed):
+        cut.fit()
+    resumed = Trainer(cfg, run_dir=tmp_path / "cut")
+    assert resumed.resume() and resumed.step == 14
+    resumed.fit()
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
 
 
 def _cli(*args):

@@ -37,8 +37,10 @@ def cosine_schedule(start: float, end: float, fraction: float) -> float:
     is `cosine_schedule(tau_base, 1, k/K)`; DINO's momentum and weight-decay schedules and MoCo v3's
     momentum have the same form.
     """
-    fraction = min(1.0, max(0.0, fraction))
-    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * fraction))
+    if fraction >= 1.0:
+        return end  # exactly: a momentum of 1.0 must freeze the teacher
+    fraction = max(0.0, fraction)
+    return start + (end - start) * 0.5 * (1.0 - math.cos(math.pi * fraction))
 
 
 def warmup_schedule(start: float, end: float, epoch: float, warmup_epochs: float) -> float:
