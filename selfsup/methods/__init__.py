@@ -11,11 +11,13 @@ heads, and has:
 Shared pieces: `heads.mlp`, `ema` (teachers), `queue.FeatureQueue`, `schedules`.
 """
 
+from selfsup.methods.byol import BYOL
 from selfsup.methods.mocov2 import MoCoV2
 from selfsup.methods.mocov3 import MoCoV3
 from selfsup.methods.simclr import SimCLR
 
 METHODS = {
+    "byol": BYOL,
     "mocov2": MoCoV2,
     "mocov3": MoCoV3,
     "simclr": SimCLR,
