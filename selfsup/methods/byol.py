@@ -13,7 +13,8 @@ second, solarize only on the second); a recipe draws them as `views` (n_views 1)
 `extra_views` entry, and the method receives them in that order.
 
 Multi-process training: the loss is per image and needs no communication across ranks; only the
-BatchNorm statistics span the global batch (the trainer's SyncBatchNorm on GPUs, appendix B).
+BatchNorm statistics span the global batch (the trainer's SyncBatchNorm on GPUs). The target's
+parameters follow the online ones, which DDP keeps equal, so they stay equal on every rank.
 """
 
 from __future__ import annotations
@@ -36,8 +37,7 @@ class BYOLConfig:
     4096 hidden units and 256 outputs (§3.3). pred_hidden: hidden width of the predictor q, which
     has the same shape on proj_dim inputs (null: proj_hidden, as in the paper where both are 4096).
     tau_base: the target momentum at the first step, raised to 1 at the last (0.996 in the paper
-    for ImageNet, §3.3; solo-learn's CIFAR recipe uses 0.99; short runs need lower, see the quick
-    recipe)."""
+    for ImageNet, §3.3; solo-learn's CIFAR recipe uses 0.99, which the CIFAR recipes keep)."""
 
     name: str = "byol"
     proj_hidden: int = 4096
