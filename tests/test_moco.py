@@ -409,3 +409,34 @@ def test_shuffled_keys_across_ranks(monkeypatch):
         plain = torch.cat([encoder(x_all[r * b:(r + 1) * b]) for r in range(w)])
     assert torch.allclose(torch.cat(keys), ref, atol=1e-6)
     assert not torch.allclose(torch.cat(keys), plain, atol=1e-3)  # BN did see other images
+
+
+@pytest.mark.parametrize("shuffle_bn", [True, False])
+def test_mocov2_keys_under_ddp_follow_shuffle_bn(monkeypatch, shuffle_bn):
+    """On 2 ranks the model's keys are the shuffled ones, or the plain key encoder's when
+    method.shuffle_bn=false."""
+    import selfsup.methods.mocov2 as mocov2
+
+    ranks = _ThreadRanks(2)
+    for name in ("gather", "rank", "world_size"):
+        monkeypatch.setattr(mocov2, name, getattr(ranks, name))
+    model = _mocov2(shuffle_bn=shuffle_bn)
+    models = [copy.deepcopy(model) for _ in range(2)]
+    g = torch.Generator().manual_seed(3)
+    x1, x2 = torch.randn(8, 3, 4, 4, generator=g), torch.randn(8, 3, 4, 4, generator=g)
+    progress = Progress(7, 5, 10)
+
+    def step(r):
+        models[r]([x1[r * 4:(r + 1) * 4], x2[r * 4:(r + 1) * 4]], progress)
+        return models[r]._keys
+
+    keys = torch.cat(ranks.run(step))
+    with torch.no_grad():
+        if shuffle_bn:
+            perm, _ = shuffle_indices(8, 2 * progress.step, x2.device)  # the seed forward uses
+            ref = torch.empty(8, 8)
+            for q in range(2):
+                ref[perm[q * 4:(q + 1) * 4]] = model.teacher(x2[perm[q * 4:(q + 1) * 4]])
+        else:
+            ref = torch.cat([model.teacher(x2[:4]), model.teacher(x2[4:])])
+    assert torch.allclose(keys, F.normalize(ref, dim=1), atol=1e-6)

@@ -131,7 +131,9 @@ class MoCoV2(nn.Module):
     def _contrast(self, x_q: torch.Tensor, x_k: torch.Tensor, seed: int
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q = self.projector(self.backbone(x_q))  # [B, D]
-        k = F.normalize(shuffled_keys(self.teacher, x_k, seed).float(), dim=1)  # [B, D]
+        with torch.no_grad():
+            k = shuffled_keys(self.teacher, x_k, seed) if self.cfg.shuffle_bn else self.teacher(x_k)
+        k = F.normalize(k.float(), dim=1)  # [B, D]
         loss, acc = moco_infonce(q, k, self.queue.features, self.cfg.temperature)
         return loss, acc, k
 
