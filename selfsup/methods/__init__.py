@@ -12,12 +12,14 @@ Shared pieces: `heads.mlp`, `ema` (teachers), `queue.FeatureQueue`, `schedules`.
 """
 
 from selfsup.methods.byol import BYOL
+from selfsup.methods.dino import DINO
 from selfsup.methods.mocov2 import MoCoV2
 from selfsup.methods.mocov3 import MoCoV3
 from selfsup.methods.simclr import SimCLR
 
 METHODS = {
     "byol": BYOL,
+    "dino": DINO,
     "mocov2": MoCoV2,
     "mocov3": MoCoV3,
     "simclr": SimCLR,

@@ -9,6 +9,7 @@ from .recipes import (
     build_views,
     byol,
     eval_transform,
+    multicrop,
     simclr,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "eval_transform",
     "simclr",
     "byol",
+    "multicrop",
     "ops",
 ]

@@ -1,0 +1,213 @@
+"""DINO: Emerging Properties in Self-Supervised Vision Transformers (self-distillation, no labels).
+
+Caron, Touvron, Misra, Jégou, Mairal, Bojanowski, Joulin, 2021. https://arxiv.org/abs/2104.14294
+
+A student (backbone + DINO head) is trained to predict, from every crop of an image, the output
+distribution that a teacher gives on the image's two global crops (Algorithm 1). The teacher is
+an exponential moving average of the student (§3.1, "Teacher network"); collapse is avoided by
+centring and sharpening the teacher's outputs (§3.1, "Avoiding collapse"). Multi-crop (§3.1,
+following SwAV): the student also sees small local crops, the teacher only the global ones, which
+encourages "local-to-global" correspondences. Details follow the official code
+(facebookresearch/dino: main_dino.py DINOLoss, vision_transformer.py DINOHead, utils.py
+MultiCropWrapper).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup.methods.ema import ema_update, make_teacher
+from selfsup.methods.heads import mlp
+from selfsup.methods.schedules import Progress, cosine_schedule, warmup_schedule
+from selfsup.train.distributed import all_reduce_mean
+
+
+@dataclass
+class DINOConfig:
+    """name: registry key.
+    proj_hidden / proj_dim / head_layers: the head's MLP, `head_layers` linears of width
+        `proj_hidden` ending in the `proj_dim` bottleneck (2048 / 256 / 3, the paper's appendix and
+        DINOHead's defaults).
+    out_dim: K, the size of the output distribution (65536, main_dino.py's default; solo-learn's
+        CIFAR recipe uses 4096).
+    use_bn: BatchNorm in the head's MLP (off for ViTs; DINO's ResNet-50 runs use it).
+    norm_last_layer: fix the norm of each row of the weight-normalised last layer at 1 (true,
+        main_dino.py's default; false learns the norms, better for ViT-S but less stable).
+    student_temp: tau_s, the student's softmax temperature (0.1, §3.1).
+    teacher_temp / warmup_teacher_temp / warmup_teacher_temp_epochs: tau_t rises linearly from
+        `warmup_teacher_temp` to `teacher_temp` over the first epochs, then stays (0.04 -> 0.04
+        over 30, main_dino.py's defaults; the paper's appendix also uses 0.04 -> 0.07).
+    center_momentum: m of the centre c <- m c + (1 - m) mean(teacher outputs) (0.9, eq. 4).
+    momentum: the teacher EMA's starting momentum, raised to 1 along a half cosine (0.996, §3.1;
+        the official code advises 0.9995 for batches of 256).
+    freeze_last_layer: epochs during which the last layer gets no update (1, main_dino.py: it
+        "helps training"); may be fractional.
+    """
+
+    name: str = "dino"
+    proj_hidden: int = 2048
+    proj_dim: int = 256
+    head_layers: int = 3
+    out_dim: int = 65536
+    use_bn: bool = False
+    norm_last_layer: bool = True
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: float = 30.0
+    center_momentum: float = 0.9
+    momentum: float = 0.996
+    freeze_last_layer: float = 1.0
+
+    def __post_init__(self):
+        for name in ("proj_hidden", "proj_dim", "head_layers", "out_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"method.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"method.{name} must be positive, got {getattr(self, name)}")
+        for name in ("center_momentum", "momentum"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"method.{name} must lie in [0, 1], got {getattr(self, name)}")
+        for name in ("warmup_teacher_temp_epochs", "freeze_last_layer"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"method.{name} must be >= 0, got {getattr(self, name)}")
+
+
+class NormalizedLinear(nn.Module):
+    """A bias-free linear layer whose weight rows are rescaled to norm g: the weight-normalised
+    last layer of DINOHead (Salimans & Kingma 2016), with g fixed at 1 unless `learn_norm`.
+
+    in_dim, out_dim: input and output widths. learn_norm: g is a learnable [out_dim] parameter
+    starting at 1 (DINO's norm_last_layer=False); otherwise it is 1 and there is no parameter.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, learn_norm: bool = False):
+        super().__init__()
+        # nn.Linear's own init: DINOHead builds this layer after its trunc-normal init pass.
+        self.weight = nn.Parameter(torch.empty(out_dim, in_dim))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.g = nn.Parameter(torch.ones(out_dim)) if learn_norm else None
+
+    def normalized_weight(self) -> torch.Tensor:
+        w = F.normalize(self.weight, dim=1)  # [out_dim, in_dim], unit rows
+        return w if self.g is None else w * self.g.unsqueeze(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.normalized_weight())
+
+
+class DINOHead(nn.Module):
+    """MLP (GELU) to a bottleneck, L2 normalisation, then the weight-normalised linear layer to
+    `out_dim` logits (DINO appendix, "Projection head"). Arguments as in DINOConfig."""
+
+    def __init__(self, in_dim: int, cfg: DINOConfig):
+        super().__init__()
+        self.mlp = mlp(in_dim, cfg.proj_hidden, cfg.proj_dim, cfg.head_layers, bn=cfg.use_bn,
+                       act="gelu")
+        for m in self.mlp.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        self.last_layer = NormalizedLinear(cfg.proj_dim, cfg.out_dim,
+                                           learn_norm=not cfg.norm_last_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_layer(F.normalize(self.mlp(x), dim=-1))
+
+
+def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor,
+              student_temp: float, teacher_temp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The DINO loss (eq. 3 summed over crop pairs, Algorithm 1), averaged over the pairs.
+
+    student: [V, B, K] logits of the student on all V crops (the 2 global crops first).
+    teacher: [2, B, K] logits of the teacher on the 2 global crops.
+    center: [K] or [1, K], subtracted from the teacher logits before sharpening.
+    For each teacher crop i and each student crop v != i: the cross-entropy
+    -sum_k P_t(i)_k log P_s(v)_k, averaged over the batch; then averaged over the 2(V-1) pairs.
+    Returns the loss and the teacher's mean entropy (loss - entropy is the mean KL).
+    """
+    v, b, _ = student.shape
+    if teacher.shape[0] != 2 or teacher.shape[1:] != student.shape[1:] or v < 2:
+        raise ValueError(f"need teacher [2, B, K] and student [V>=2, B, K], got "
+                         f"{tuple(teacher.shape)} and {tuple(student.shape)}")
+    log_p_s = F.log_softmax(student.float() / student_temp, dim=-1)  # [V, B, K]
+    p_t = F.softmax((teacher.float() - center.float()) / teacher_temp, dim=-1)  # [2, B, K]
+    ce = -torch.einsum("ibk,vbk->iv", p_t, log_p_s) / b  # [2, V]: batch-mean cross-entropies
+    off_diagonal = ~torch.eye(2, v, dtype=torch.bool, device=ce.device)  # v == i is no pair
+    loss = ce[off_diagonal].mean()
+    entropy = -(p_t * torch.log(p_t.clamp_min(1e-30))).sum(-1).mean()
+    return loss, entropy
+
+
+class DINO(nn.Module):
+    config_class = DINOConfig
+
+    def __init__(self, cfg: DINOConfig, backbone: nn.Module):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        self.head = DINOHead(backbone.dim, cfg)
+        # The teacher starts as the student (main_dino.py loads the student's state into it).
+        self.teacher_backbone = make_teacher(backbone)
+        self.teacher_head = make_teacher(self.head)
+        # A buffer, so it is checkpointed; updated in on_step_end from what forward stashes.
+        self.register_buffer("center", torch.zeros(1, cfg.out_dim))
+        self._batch_center: torch.Tensor | None = None
+
+    def teacher_temp(self, progress: Progress) -> float:
+        c = self.cfg
+        return warmup_schedule(c.warmup_teacher_temp, c.teacher_temp, progress.epoch,
+                               c.warmup_teacher_temp_epochs)
+
+    def student_forward(self, views: list[torch.Tensor]) -> torch.Tensor:
+        """[V*B, K]: the backbone once per run of same-size crops (DINO's MultiCropWrapper, so
+        BatchNorm sees each resolution as one batch), the head once on every crop."""
+        feats, start = [], 0
+        while start < len(views):
+            stop = start + 1
+            while stop < len(views) and views[stop].shape[-2:] == views[start].shape[-2:]:
+                stop += 1
+            feats.append(self.backbone(torch.cat(views[start:stop])))
+            start = stop
+        return self.head(torch.cat(feats))
+
+    def forward(self, views: list[torch.Tensor], progress: Progress
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if len(views) < 2 or views[0].shape != views[1].shape:
+            raise ValueError("DINO takes 2 global crops of one size, then any local crops: set "
+                             "views.n_views=2, or views.n_views=1 plus extra_views entries")
+        b = views[0].shape[0]
+        student = self.student_forward(views).unflatten(0, (len(views), b))  # [V, B, K]
+        with torch.no_grad():
+            teacher = self.teacher_head(self.teacher_backbone(torch.cat(views[:2])))
+            teacher = teacher.float().unflatten(0, (2, b))  # [2, B, K]
+            # Mean over the global batch; applied after the step, once the loss has used the old c.
+            self._batch_center = all_reduce_mean(teacher.mean(dim=(0, 1)).unsqueeze(0))
+        temp = self.teacher_temp(progress)
+        loss, entropy = dino_loss(student, teacher, self.center, self.cfg.student_temp, temp)
+        return loss, {"teacher_entropy": entropy.detach(), "kl": (loss - entropy).detach(),
+                      "teacher_temp": torch.tensor(temp)}
+
+    def on_after_backward(self, progress: Progress) -> None:
+        # The last layer stays at its init during the first epoch(s) (main_dino.py's
+        # cancel_gradients_last_layer): dropping the grads also skips its optimizer step.
+        if progress.epoch < self.cfg.freeze_last_layer:
+            for p in self.head.last_layer.parameters():
+                p.grad = None
+
+    @torch.no_grad()
+    def on_step_end(self, progress: Progress) -> None:
+        m = cosine_schedule(self.cfg.momentum, 1.0, progress.fraction)
+        ema_update(self.teacher_backbone, self.backbone, m)
+        ema_update(self.teacher_head, self.head, m)
+        if self._batch_center is not None:
+            cm = self.cfg.center_momentum
+            self.center.mul_(cm).add_(self._batch_center, alpha=1 - cm)
+            self._batch_center = None
