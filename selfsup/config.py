@@ -203,6 +203,11 @@ def _as_dictconfig(source: Any, what: str) -> DictConfig:
         raise ConfigError(f"cannot parse {what}: {str(e).splitlines()[0]}") from None
 
 
+def _indexes_list(override: str) -> bool:
+    parts = override.split("=", 1)[0].strip().split(".")
+    return len(parts) > 2 and parts[0] == "extra_views" and parts[1].isdigit()
+
+
 def build_config(*sources: Any) -> Config:
     """Merge sources (YAML paths, dicts, DictConfigs, lists of `a.b=c` overrides) over the defaults.
 
@@ -215,8 +220,20 @@ def build_config(*sources: Any) -> Config:
             bad = [o for o in s if "=" not in o]
             if bad:
                 raise ConfigError(f"overrides look like key.sub=value; cannot read {bad[0]!r}")
+    # `extra_views.1.n_views=4` addresses an item of a list, which a merged dotlist cannot (it
+    # would build a dict keyed "1"); such overrides are applied to the merged config in order.
+    indexed = [o for s in sources if isinstance(s, (list, tuple)) for o in s if _indexes_list(o)]
+    sources = tuple([o for o in s if not _indexes_list(o)] if isinstance(s, (list, tuple)) else s
+                    for s in sources)
     loaded = [_as_dictconfig(s, str(s)) for s in sources]
     cfg = _merge(Config, *loaded)
+    for override in indexed:
+        key = override.split("=", 1)[0].strip()
+        value = OmegaConf.select(OmegaConf.from_dotlist([override]), key)
+        if OmegaConf.select(cfg, key.rsplit(".", 1)[0]) is None:
+            raise ConfigError(f"{key}: there is no such entry (extra_views has "
+                              f"{len(cfg.extra_views)})")
+        OmegaConf.update(cfg, key, value, merge=True)
     name = cfg.method.get("name") if isinstance(cfg.method, DictConfig) else None
     if name not in METHODS:
         raise ConfigError(f"method.name={name!r} is not one of: {', '.join(sorted(METHODS))}")

@@ -147,3 +147,12 @@ def test_weight_decay_follows_its_cosine_schedule(tmp_path):
     assert seen[0] == [0.04, 0.0]  # biases and norms stay undecayed
     assert math.isclose(seen[1][0], 0.22) and seen[1][1] == 0.0
     assert math.isclose(seen[2][0], 0.4)
+
+
+def test_an_extra_views_entry_can_be_overridden_by_index():
+    cfg = load_config("quick", ["extra_views=[{solarize_p: 0.2}, {n_views: 2, size: 8}]",
+                                "extra_views.1.n_views=6", "extra_views.0.solarize_p=0.3"])
+    _, second, local = view_configs(cfg)
+    assert second.solarize_p == 0.3 and (local.n_views, local.size) == (6, 8)
+    with pytest.raises(ConfigError, match="no such entry"):
+        load_config("quick", ["extra_views.0.n_views=6"])

@@ -69,7 +69,7 @@ def target_momentum(tau_base: float, progress: Progress) -> float:
     """tau of the EMA update after the optimizer step `progress.step`: tau_base after the first
     step, exactly 1 after the last (§3.2, tau = 1 - (1 - tau_base)(cos(pi k/K) + 1)/2, with k
     counted so that the last update the run makes is the one with tau = 1)."""
-    return cosine_schedule(tau_base, 1.0, progress.step / max(1, progress.total_steps - 1))
+    return cosine_schedule(tau_base, 1.0, progress.update_fraction)
 
 
 class BYOL(nn.Module):

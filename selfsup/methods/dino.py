@@ -204,7 +204,7 @@ class DINO(nn.Module):
 
     @torch.no_grad()
     def on_step_end(self, progress: Progress) -> None:
-        m = cosine_schedule(self.cfg.momentum, 1.0, progress.fraction)
+        m = cosine_schedule(self.cfg.momentum, 1.0, progress.update_fraction)
         ema_update(self.teacher_backbone, self.backbone, m)
         ema_update(self.teacher_head, self.head, m)
         if self._batch_center is not None:

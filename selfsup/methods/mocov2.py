@@ -125,7 +125,7 @@ class MoCoV2(nn.Module):
         `momentum` at the first step to `momentum_end` at the last."""
         if self.cfg.momentum_end is None:
             return self.cfg.momentum
-        fraction = progress.step / max(1, progress.total_steps - 1)
+        fraction = progress.update_fraction
         return cosine_schedule(self.cfg.momentum, self.cfg.momentum_end, fraction)
 
     def _contrast(self, x_q: torch.Tensor, x_k: torch.Tensor, seed: int

@@ -97,7 +97,7 @@ class MoCoV3(nn.Module):
     def momentum(self, progress: Progress) -> float:
         """The momentum of the EMA step taken after step `progress.step`: `momentum` after the
         first step, `momentum_end` after the last."""
-        fraction = progress.step / max(1, progress.total_steps - 1)
+        fraction = progress.update_fraction
         return cosine_schedule(self.cfg.momentum, self.cfg.momentum_end, fraction)
 
     def forward(self, views: list[torch.Tensor], progress: Progress

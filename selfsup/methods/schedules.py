@@ -26,8 +26,14 @@ class Progress:
 
     @property
     def fraction(self) -> float:
-        """Share of the run completed, in [0, 1]."""
+        """Share of the run completed before this step, in [0, 1]."""
         return min(1.0, self.step / max(1, self.total_steps))
+
+    @property
+    def update_fraction(self) -> float:
+        """0 at the first step, exactly 1 at the last: for schedules of the updates made after
+        each step (EMA momentums), so that the run's last update uses the schedule's end value."""
+        return min(1.0, self.step / max(1, self.total_steps - 1))
 
 
 def cosine_schedule(start: float, end: float, fraction: float) -> float:
