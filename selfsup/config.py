@@ -66,6 +66,8 @@ class TrainerConfig:
     lr: base learning rate for 256 images, scaled by lr_scaling (linear: lr*batch/256,
         sqrt: lr*sqrt(batch/256), none). min_lr: floor of the cosine decay, as a fraction of the peak.
     weight_decay, momentum, betas: optimizer settings; wd_exclude_bias_norm: no decay on 1-d params.
+    lars_trust: LARS's trust coefficient eta (1e-3, You et al. 2017 and the SimCLR/BYOL/MoCo v3
+        code; solo-learn's recipes use 0.02 with the ratio clipped, so their lrs do not carry over).
     weight_decay_end: weight decay at the last step, reached along a half cosine from weight_decay
         (DINO's schedule, 0.04 -> 0.4); null: constant.
     warmup_epochs: linear warm-up length (may be fractional).
@@ -92,6 +94,7 @@ class TrainerConfig:
     weight_decay_end: Optional[float] = None
     wd_exclude_bias_norm: bool = True
     momentum: float = 0.9
+    lars_trust: float = 1e-3
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_epochs: float = 1.0
     grad_clip: Optional[float] = None
@@ -120,6 +123,8 @@ class TrainerConfig:
                 raise ValueError(f"trainer.{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"trainer.lr must be positive, got {self.lr}")
+        if self.lars_trust <= 0:
+            raise ValueError(f"trainer.lars_trust must be positive, got {self.lars_trust}")
         if len(self.betas) != 2:
             raise ValueError(f"trainer.betas needs two values, got {list(self.betas)}")
 

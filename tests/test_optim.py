@@ -56,3 +56,14 @@ def test_lr_scaling():
     assert peak_lr(0.3, 512, "linear") == 0.6
     assert math.isclose(peak_lr(0.3, 1024, "sqrt"), 0.6)
     assert peak_lr(0.3, 512, "none") == 0.3
+
+
+def test_trainer_lars_trust_reaches_the_optimizer():
+    from types import SimpleNamespace
+
+    from selfsup.train.optim import build_optimizer
+
+    t = SimpleNamespace(weight_decay=1e-6, wd_exclude_bias_norm=True, optimizer="lars",
+                        momentum=0.9, lars_trust=0.02, betas=[0.9, 0.999])
+    opt = build_optimizer(nn.Linear(3, 2), t, lr=0.1)
+    assert all(g["trust_coef"] == 0.02 for g in opt.param_groups)

@@ -75,7 +75,8 @@ def peak_lr(base_lr: float, batch_size: int, scaling: str) -> float:
 def build_optimizer(model: nn.Module, tcfg, lr: float) -> torch.optim.Optimizer:
     groups = param_groups(model, tcfg.weight_decay, tcfg.wd_exclude_bias_norm)
     if tcfg.optimizer == "lars":
-        return LARS(groups, lr=lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay)
+        return LARS(groups, lr=lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay,
+                    trust_coef=tcfg.lars_trust)
     for g in groups:
         g.pop("lars_exclude", None)
     if tcfg.optimizer == "sgd":
