@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_DATA = Path(os.environ.get("SELFSUP_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
@@ -18,6 +19,19 @@ def _session_cache(tmp_path_factory):
         os.environ.pop("SELFSUP_CACHE", None)
     else:
         os.environ["SELFSUP_CACHE"] = old
+
+
+class LinearBackbone(torch.nn.Module):
+    """The smallest backbone: flatten a [B, 3, 4, 4] batch, one linear layer to `dim` = 6."""
+
+    dim = 6
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 6))
+
+    def forward(self, x):
+        return self.net(x)
 
 
 needs_cifar10 = pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpg.tar.gz").is_file(),

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from conftest import LinearBackbone
 from selfsup.config import ConfigError, build_config, load_config, view_configs
 from selfsup.methods.byol import BYOL, BYOLConfig, byol_loss, target_momentum
 from selfsup.methods.schedules import Progress
@@ -32,20 +33,9 @@ def test_loss_matches_normalised_squared_error():
     assert torch.allclose(byol_loss(x, -x), torch.full((4,), 4.0), atol=1e-6)  # opposite: 4
 
 
-class _TinyBackbone(torch.nn.Module):
-    dim = 6
-
-    def __init__(self):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 6))
-
-    def forward(self, x):
-        return self.net(x)
-
-
 def _model(**kw):
     torch.manual_seed(0)
-    return BYOL(BYOLConfig(proj_hidden=16, proj_dim=8, **kw), _TinyBackbone())
+    return BYOL(BYOLConfig(proj_hidden=16, proj_dim=8, **kw), LinearBackbone())
 
 
 def _views(b=10, seed=1):

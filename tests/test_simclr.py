@@ -4,6 +4,7 @@ import math
 
 import torch
 
+from conftest import LinearBackbone
 from selfsup.methods.schedules import Progress
 from selfsup.methods.simclr import SimCLR, SimCLRConfig, nt_xent
 
@@ -63,19 +64,8 @@ def test_nt_xent_with_offset_equals_the_global_loss():
     assert abs(torch.stack(per_rank).mean().item() - total / (w * 2 * b)) < 1e-5
 
 
-class _TinyBackbone(torch.nn.Module):
-    dim = 6
-
-    def __init__(self):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 6))
-
-    def forward(self, x):
-        return self.net(x)
-
-
 def test_simclr_forward_backward():
-    model = SimCLR(SimCLRConfig(proj_hidden=16, proj_dim=8), _TinyBackbone())
+    model = SimCLR(SimCLRConfig(proj_hidden=16, proj_dim=8), LinearBackbone())
     views = [torch.randn(10, 3, 4, 4), torch.randn(10, 3, 4, 4)]
     loss, metrics = model(views, Progress(0, 1, 1))
     loss.backward()
