@@ -7,7 +7,8 @@
 
 1. Times `--steps` training steps and the same number of augmentation-only calls, and prints
    images/s and the share of step time spent making views.
-2. Sizes the run to the budget (epochs = budget x measured images/s / training-set size, unless
+2. Sizes the run to the budget (epochs = budget x measured images/s / training-set size, a
+   fraction where it falls between two epochs, unless
    trainer.epochs is overridden), trains with online k-NN every `--knn-every` epochs, and prints
    k-NN top-1 (k=200, T=0.1 unless the recipe says otherwise) against training wall-clock time,
    which excludes the time spent evaluating.
@@ -76,7 +77,7 @@ def run(recipe: str, args: argparse.Namespace) -> dict:
 
     overrides = list(args.overrides)
     if not any(o.startswith("trainer.epochs=") for o in overrides):
-        overrides.append(f"trainer.epochs={max(1, int(args.minutes * 60 * ips / n))}")
+        overrides.append(f"trainer.epochs={args.minutes * 60 * ips / n:.3f}")
     cfg = load_config(recipe, [*base, *overrides])
     trainer = Trainer(cfg, run_dir=Path(args.out) / f"{recipe}-{int(time.time())}")
     wall = time.perf_counter()
@@ -89,7 +90,7 @@ def run(recipe: str, args: argparse.Namespace) -> dict:
     print(f"\nrecipe {recipe} on {name}; method {cfg.method.name}, backbone {cfg.backbone.name} "
           f"x{cfg.backbone.width}, batch {cfg.trainer.batch_size}, {n_views} views "
           f"({cfg.views.size}px first), precision {'bf16' if trainer.amp_dtype else 'fp32'}, "
-          f"{cfg.trainer.epochs} epochs of {n} images")
+          f"{cfg.trainer.epochs:g} epochs of {n} images")
     print("\n| measure | value |\n| --- | --- |")
     print(f"| training images/s ({n_views} views each) | {ips:.0f} |")
     print(f"| share of step time in augmentation | {100 * aug_share:.1f} % |")
@@ -97,7 +98,7 @@ def run(recipe: str, args: argparse.Namespace) -> dict:
     knn = read_metrics(run_dir, "knn")
     print("\n| epoch | training time (min) | k-NN top-1 (%) |\n| --- | --- | --- |")
     for r in knn:
-        print(f"| {r['epoch']:.0f} | {r['train_time_s'] / 60:.1f} | {r['top1']:.2f} |")
+        print(f"| {r['epoch']:.2f} | {r['train_time_s'] / 60:.1f} | {r['top1']:.2f} |")
     print(f"\nrun folder: {run_dir}")
     return {"recipe": recipe, "method": cfg.method.name, "ips": ips, "epochs": cfg.trainer.epochs,
             "train_min": knn[-1]["train_time_s"] / 60 if knn else float("nan"),
@@ -129,7 +130,7 @@ def main() -> None:
         print("\n| method | recipe | images/s | epochs | training time (min) | k-NN top-1 (%) |")
         print("| --- | --- | --- | --- | --- | --- |")
         for r in results:
-            print(f"| {r['method']} | {r['recipe']} | {r['ips']:.0f} | {r['epochs']} | "
+            print(f"| {r['method']} | {r['recipe']} | {r['ips']:.0f} | {r['epochs']:.2f} | "
                   f"{r['train_min']:.1f} | {r['top1']:.2f} |")
 
 

@@ -61,7 +61,8 @@ class DataConfig:
 class TrainerConfig:
     """The one training loop every method uses.
 
-    epochs: passes over the training set; batch_size: images per step over all processes.
+    epochs: passes over the training set, may be fractional (2.5: two and a half); batch_size:
+        images per step over all processes.
     optimizer: sgd | adamw | lars (LARS skips adaptation and weight decay of biases and norms).
     lr: base learning rate for 256 images, scaled by lr_scaling (linear: lr*batch/256,
         sqrt: lr*sqrt(batch/256), none). min_lr: floor of the cosine decay, as a fraction of the peak.
@@ -84,7 +85,7 @@ class TrainerConfig:
     out: folder for run folders; run_name: this run's folder name (default: recipe + time).
     """
 
-    epochs: int = 10
+    epochs: float = 10
     batch_size: int = 256
     optimizer: str = "lars"
     lr: float = 0.3
@@ -118,7 +119,9 @@ class TrainerConfig:
         _choice("trainer.optimizer", self.optimizer, ("sgd", "adamw", "lars"))
         _choice("trainer.lr_scaling", self.lr_scaling, ("linear", "sqrt", "none"))
         _choice("trainer.precision", self.precision, ("auto", "bf16", "fp32"))
-        for name in ("epochs", "batch_size", "log_every"):
+        if self.epochs <= 0:
+            raise ValueError(f"trainer.epochs must be positive, got {self.epochs}")
+        for name in ("batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:

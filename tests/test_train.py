@@ -143,3 +143,12 @@ def test_optimizers_step(tmp_path, opt, clip):
                f"trainer.grad_clip={clip}")
     run = Trainer(cfg, run_dir=tmp_path / opt).fit()
     assert read_metrics(run, "train")
+
+
+def test_fractional_epochs_end_mid_epoch_with_a_checkpoint(tmp_path):
+    trainer = Trainer(tiny(tmp_path, "trainer.epochs=1.5"), run_dir=tmp_path / "run")
+    assert trainer.total_steps == round(1.5 * trainer.steps_per_epoch)
+    run = trainer.fit()
+    assert trainer.step == trainer.total_steps
+    _, state = load_checkpoint(latest_checkpoint(run / "checkpoints"))
+    assert state["step"] == trainer.total_steps

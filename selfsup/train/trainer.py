@@ -113,7 +113,7 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ConfigError(f"trainer.batch_size={t.batch_size} is larger than the training set "
                              f"({len(self.train_set)} images)")
-        self.total_steps = t.epochs * self.steps_per_epoch
+        self.total_steps = max(1, round(t.epochs * self.steps_per_epoch))
         store = self.device if cfg.data.on_device else torch.device("cpu")
         self.images = self.train_set.images.to(store)
 
