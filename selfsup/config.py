@@ -212,8 +212,8 @@ def _as_dictconfig(source: Any, what: str) -> DictConfig:
 
 
 def _indexes_list(override: str) -> bool:
-    parts = override.split("=", 1)[0].strip().split(".")
-    return len(parts) > 2 and parts[0] == "extra_views" and parts[1].isdigit()
+    """Whether a `key=value` override addresses an item of a list (`extra_views.1.n_views=4`)."""
+    return any(part.isdigit() for part in override.split("=", 1)[0].strip().split("."))
 
 
 def build_config(*sources: Any) -> Config:
@@ -228,8 +228,8 @@ def build_config(*sources: Any) -> Config:
             bad = [o for o in s if "=" not in o]
             if bad:
                 raise ConfigError(f"overrides look like key.sub=value; cannot read {bad[0]!r}")
-    # `extra_views.1.n_views=4` addresses an item of a list, which a merged dotlist cannot (it
-    # would build a dict keyed "1"); such overrides are applied to the merged config in order.
+    # An override such as `extra_views.1.n_views=4` addresses an item of a list, which a merged
+    # dotlist cannot (it would build a dict keyed "1"); these are applied to the merged config.
     indexed = [o for s in sources if isinstance(s, (list, tuple)) for o in s if _indexes_list(o)]
     sources = tuple([o for o in s if not _indexes_list(o)] if isinstance(s, (list, tuple)) else s
                     for s in sources)
@@ -238,10 +238,14 @@ def build_config(*sources: Any) -> Config:
     for override in indexed:
         key = override.split("=", 1)[0].strip()
         value = OmegaConf.select(OmegaConf.from_dotlist([override]), key)
-        if OmegaConf.select(cfg, key.rsplit(".", 1)[0]) is None:
-            raise ConfigError(f"{key}: there is no such entry (extra_views has "
-                              f"{len(cfg.extra_views)})")
-        OmegaConf.update(cfg, key, value, merge=True)
+        parts = key.split(".")
+        item = ".".join(parts[: next(i for i, p in enumerate(parts) if p.isdigit()) + 1])
+        if OmegaConf.select(cfg, item) is None:
+            raise ConfigError(f"{key}: there is no {item}")
+        try:
+            OmegaConf.update(cfg, key, value, merge=True)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{str(e).splitlines()[0]} [key: {key}]") from None
     name = cfg.method.get("name") if isinstance(cfg.method, DictConfig) else None
     if name not in METHODS:
         raise ConfigError(f"method.name={name!r} is not one of: {', '.join(sorted(METHODS))}")
