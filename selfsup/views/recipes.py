@@ -14,7 +14,7 @@ configs with ``build_view_set``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -266,19 +266,14 @@ def byol(size: int = 224) -> list[ViewConfig]:
 def multicrop(global_size: int = 224, local_size: int = 96, n_local: int = 8,
               global_scale: Sequence[float] = (0.4, 1.0),
               local_scale: Sequence[float] = (0.05, 0.4)) -> list[ViewConfig]:
-    """DINO's multi-crop (Caron et al. 2021, appendix; main_dino.py DataAugmentationDINO): two
-    global crops, blurred always / rarely with the second also solarized, then ``n_local`` small
-    crops blurred half the time; BYOL's jitter strengths. The scales are DINO's ImageNet ones.
-    Small images (<= 64 px) get no blur, as in solo-learn's CIFAR recipes."""
-    common = dict(flip_p=0.5, jitter_p=0.8, brightness=0.4, contrast=0.4, saturation=0.2,
-                  hue=0.1, gray_p=0.2)
+    """DINO's multi-crop (Caron et al. 2021, appendix; main_dino.py DataAugmentationDINO): BYOL's
+    asymmetric pair as the two global crops, then ``n_local`` small crops blurred half the time.
+    The scales are DINO's ImageNet ones. Small images (<= 64 px) get no blur, as in solo-learn's
+    CIFAR recipes."""
     small = global_size <= 64
-
-    def crop(n: int, size: int, scale: Sequence[float], blur: float, solarize: float = 0.0):
-        return ViewConfig(n_views=n, size=size, scale=list(scale), blur_p=0.0 if small else blur,
-                          solarize_p=solarize, **common)
-
-    views = [crop(1, global_size, global_scale, 1.0), crop(1, global_size, global_scale, 0.1, 0.2)]
+    views = [replace(v, scale=list(global_scale), blur_p=0.0 if small else v.blur_p)
+             for v in byol(global_size)]
     if n_local > 0:
-        views.append(crop(n_local, local_size, local_scale, 0.5))
+        views.append(replace(views[0], n_views=n_local, size=local_size, scale=list(local_scale),
+                             blur_p=0.0 if small else 0.5))
     return views
