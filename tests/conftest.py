@@ -37,10 +37,11 @@ class LinearBackbone(torch.nn.Module):
 needs_cifar10 = pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpg.tar.gz").is_file(),
                                    reason=f"CIFAR-10 not found in {SHARED_DATA}")
 
-# A run small enough for a test: digits (offline), an 8-channel ResNet-18, 16x16 views, small heads.
+# A run small enough for a test: digits (offline), an 8-channel ResNet-18, 16x16 views.
 TINY = ["backbone.width=0.125", "views.size=16", "trainer.batch_size=64", "trainer.epochs=1",
-        "trainer.progress=false", "trainer.knn_every=-1", "trainer.log_every=5",
-        "method.proj_hidden=32", "method.proj_dim=16"]
+        "trainer.progress=false", "trainer.knn_every=-1", "trainer.log_every=5"]
+# Small heads, for the methods whose config has these fields.
+TINY_HEADS = {"proj_hidden": 32, "proj_dim": 16}
 # What a method needs beyond TINY to be small: its name plus any method-specific sizes.
 TINY_METHOD = {
     "mocov2": ["method.queue_size=256"],
@@ -54,7 +55,13 @@ def tiny_config(method: str, *extra: str):
 
     from selfsup.config import build_config, recipe_path
 
+    from dataclasses import fields
+
+    from selfsup.methods import METHODS
+
     recipe = OmegaConf.load(recipe_path("quick"))
     del recipe["method"]
-    return build_config(recipe, [*TINY, f"method.name={method}", *TINY_METHOD.get(method, []),
-                                 *extra])
+    names = {f.name for f in fields(METHODS[method].config_class)}
+    heads = [f"method.{k}={v}" for k, v in TINY_HEADS.items() if k in names]
+    return build_config(recipe, [*TINY, f"method.name={method}", *heads,
+                                 *TINY_METHOD.get(method, []), *extra])

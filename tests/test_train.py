@@ -44,7 +44,7 @@ def test_every_method_trains_and_round_trips(tmp_path, method):
     assert state["step"] == trainer.total_steps
     fresh = Trainer(cfg, run_dir=run)
     assert fresh.resume() and fresh.step == trainer.total_steps
-    views = [torch.randn(8, 1, 16, 16)] * 2
+    views = trainer.make_views(trainer.images[:8], aug_seed=0)
     trainer.model.eval(), fresh.model.eval()
     with torch.no_grad():
         p = Progress(0, 1, 1)

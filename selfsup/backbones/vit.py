@@ -197,27 +197,42 @@ class VisionTransformer(nn.Module):
             return self.pos_embed
         return sincos_pos_embed(self.embed_dim, grid_h, grid_w).to(device)
 
-    def embed(self, x: Tensor, keep: Optional[Tensor] = None) -> Tensor:
-        """x: [B, C, H, W], keep: [B, K] patch indices or None -> tokens [B, K(+1 cls), D]."""
+    def embed(self, x: Tensor, keep: Optional[Tensor] = None, mask: Optional[Tensor] = None,
+              mask_token: Optional[Tensor] = None) -> Tensor:
+        """x: [B, C, H, W] -> tokens [B, K(+1 cls), D].
+
+        keep: [B, K] indices of the patches to encode (MAE, SplitMask); None: all L patches.
+        mask: [B, L] bool, True where a patch's embedding is replaced by `mask_token` [D] before
+            the position embedding is added (BEiT, Bao et al. 2021 §2.2); needs keep=None.
+        """
         B, _, H, W = x.shape
         p = self.patch_size
         patches = patchify(x, p)  # [B, L, p*p*C]
         pos = self._pos_embed(H // p, W // p, x.device)  # [L, D]
         if keep is not None:
+            if mask is not None:
+                raise ValueError("embed: give either keep (drop patches) or mask (replace them)")
             patches = torch.gather(
                 patches, 1, keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1])
             )
             pos = pos[keep]  # [B, K, D]
-        tokens = self.patch_embed(patches) + pos
+        tokens = self.patch_embed(patches)
+        if mask is not None:
+            if mask_token is None:
+                raise ValueError("embed: mask needs a mask_token")
+            tokens = torch.where(mask.unsqueeze(-1), mask_token.to(tokens.dtype), tokens)
+        tokens = tokens + pos
         if self.cls_token is not None:
             # The class token carries no position (MAE adds a zero embedding to it).
             cls = self.cls_token.expand(B, -1, -1).to(tokens.dtype)
             tokens = torch.cat([cls, tokens], dim=1)
         return tokens
 
-    def forward_tokens(self, x: Tensor, keep: Optional[Tensor] = None) -> Tensor:
-        """x: [B, C, H, W] -> normalised tokens [B, K(+1 cls), D], K = L when keep is None."""
-        x = self.embed(x, keep)
+    def forward_tokens(self, x: Tensor, keep: Optional[Tensor] = None,
+                       mask: Optional[Tensor] = None, mask_token: Optional[Tensor] = None) -> Tensor:
+        """x: [B, C, H, W] -> normalised tokens [B, K(+1 cls), D], K = L when keep is None;
+        keep, mask and mask_token as in `embed`."""
+        x = self.embed(x, keep, mask, mask_token)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)

@@ -6,6 +6,10 @@ heads, and has:
   in order; `progress` (a `schedules.Progress`) drives temperature and freeze schedules;
 - `on_step_end(progress)`: called once after each optimizer step; per-step state (EMA teachers,
   queues, centres) is updated here and nowhere else;
+- optionally `prepare(views, generator) -> list[Tensor]`: called without gradients after the
+  views are drawn, with the same seeded generator; pretext tasks turn views into inputs plus
+  targets (rotations, tiles) and masked models draw their masks here, so every draw is fixed by
+  the seed, rank and step (see `Trainer.make_views`);
 - optionally `on_after_backward(progress)`: called between backward and the optimizer step
   (DINO drops its last layer's gradients there during the first epoch).
 Shared pieces: `heads.mlp`, `ema` (teachers), `queue.FeatureQueue`, `schedules`.

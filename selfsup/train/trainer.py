@@ -192,16 +192,27 @@ class Trainer:
                     g["weight_decay"] = wd
         return lr
 
+    @torch.no_grad()
+    def make_views(self, x: torch.Tensor, aug_seed: int) -> list[torch.Tensor]:
+        """The method's inputs for a uint8 batch [B, C, H, W]: its views, then (for methods with a
+        `prepare`) the pretext inputs, targets or masks made from them, all drawn from one
+        generator seeded with `aug_seed`, so a step's draws depend only on the seed, rank and step."""
+        g = self._aug.manual_seed(aug_seed)
+        views = self.views(x, g)
+        if hasattr(self.model, "prepare"):
+            views = self.model.prepare(views, g)
+        if self.cfg.trainer.channels_last:  # image batches only; targets and masks stay as they are
+            views = [v.contiguous(memory_format=torch.channels_last)
+                     if v.dim() == 4 and v.is_floating_point() else v for v in views]
+        return views
+
     def train_step(self, x: torch.Tensor, aug_seed: int) -> torch.Tensor:
         """One optimizer step on a uint8 batch [B, C, H, W] on the device: the method's views
         (drawn from `aug_seed`), forward under autocast, backward, clip, step, per-step state.
         Returns the detached loss; the method's metrics are kept in `last_metrics`."""
         t = self.cfg.trainer
         progress = self.progress()
-        with torch.no_grad():
-            views = self.views(x, self._aug.manual_seed(aug_seed))
-        if t.channels_last:
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        views = self.make_views(x, aug_seed)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
                             enabled=self.amp_dtype is not None):
             loss, self.last_metrics = self.forward(views, progress)
