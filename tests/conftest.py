@@ -43,7 +43,15 @@ TINY = ["backbone.width=0.125", "views.size=16", "trainer.batch_size=64", "train
 # Small heads, for the methods whose config has these fields.
 TINY_HEADS = {"proj_hidden": 32, "proj_dim": 16}
 # What a method needs beyond TINY to be small: its name plus any method-specific sizes.
+# A 2-block ViT of width 32 over 4x4 patches (16 patches of a 16 px view) for masked models.
+TINY_VIT = ["backbone.name=vit_tiny", "backbone.embed_dim=32", "backbone.depth=2",
+            "backbone.num_heads=2", "backbone.patch_size=4", "views.n_views=1"]
+TINY_TOKENS = ["method.vocab_size=32", "method.tokenizer_images=256"]
 TINY_METHOD = {
+    "mae": [*TINY_VIT, "method.decoder_dim=32", "method.decoder_depth=1", "method.decoder_heads=2"],
+    "beit": [*TINY_VIT, *TINY_TOKENS],
+    "splitmask": [*TINY_VIT, *TINY_TOKENS, "method.decoder_dim=32", "method.decoder_depth=1",
+                  "method.decoder_heads=2"],
     "mocov2": ["method.queue_size=256"],
     "dino": ["method.out_dim=64"],
 }

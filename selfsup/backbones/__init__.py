@@ -29,6 +29,8 @@ class BackboneConfig:
     patch_size: ViT only. Side of the square patches; must divide the image size.
     pool: ViT only. "mean": mean of the final patch tokens; "cls": a class token.
     drop_path: ViT only. Stochastic-depth rate of the last block, rising linearly from 0.
+    embed_dim / depth / num_heads: ViT only. Override the named size's width, number of blocks
+        and heads (null: the size's own, e.g. 192 / 12 / 3 for vit_tiny); for small CPU models.
     """
 
     name: str = "resnet18"
@@ -38,6 +40,9 @@ class BackboneConfig:
     patch_size: int = 4
     pool: str = "mean"
     drop_path: float = 0.0
+    embed_dim: Optional[int] = None
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
 
 
 # name -> builder(cfg, in_channels, image_size); a new backbone is one line here.

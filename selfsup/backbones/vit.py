@@ -153,6 +153,8 @@ class VisionTransformer(nn.Module):
             raise ValueError(
                 f"backbone.patch_size {patch_size} must divide the image size {image_size}"
             )
+        if depth < 1 or embed_dim < 1:
+            raise ValueError(f"backbone.depth and embed_dim must be >= 1, got {depth} and {embed_dim}")
         if not 0.0 <= drop_path < 1.0:
             raise ValueError(f"backbone.drop_path must be in [0, 1), got {drop_path}")
         self.in_channels = in_channels
@@ -269,9 +271,9 @@ def _build(embed_dim: int, depth: int, num_heads: int):
             in_channels=in_channels,
             image_size=image_size,
             patch_size=cfg.patch_size,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
+            embed_dim=cfg.embed_dim or embed_dim,
+            depth=cfg.depth or depth,
+            num_heads=cfg.num_heads or num_heads,
             pool=cfg.pool,
             drop_path=cfg.drop_path,
         )
@@ -283,3 +285,11 @@ def _build(embed_dim: int, depth: int, num_heads: int):
 vit_tiny = _build(192, 12, 3)
 vit_small = _build(384, 12, 6)
 vit_base = _build(768, 12, 12)
+
+
+def require_vit(backbone: nn.Module, method: str) -> VisionTransformer:
+    """`backbone` if it is a ViT, else a ValueError saying that `method` needs one."""
+    if not isinstance(backbone, VisionTransformer):
+        raise ValueError(f"{method} masks patches and needs a ViT backbone (backbone.name=vit_tiny, "
+                         f"vit_small or vit_base), got {type(backbone).__name__}")
+    return backbone

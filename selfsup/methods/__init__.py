@@ -15,18 +15,24 @@ heads, and has:
 Shared pieces: `heads.mlp`, `ema` (teachers), `queue.FeatureQueue`, `schedules`.
 """
 
+from selfsup.methods.beit import BEiT
 from selfsup.methods.byol import BYOL
 from selfsup.methods.dino import DINO
+from selfsup.methods.mae import MAE
 from selfsup.methods.mocov2 import MoCoV2
 from selfsup.methods.mocov3 import MoCoV3
 from selfsup.methods.simclr import SimCLR
+from selfsup.methods.splitmask import SplitMask
 
 METHODS = {
+    "beit": BEiT,
     "byol": BYOL,
     "dino": DINO,
+    "mae": MAE,
     "mocov2": MoCoV2,
     "mocov3": MoCoV3,
     "simclr": SimCLR,
+    "splitmask": SplitMask,
 }
 
 

@@ -34,6 +34,11 @@ class RunLog:
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                     self._tb.add_scalar(f"{kind}/{k}", v, step)
 
+    def image(self, tag: str, image, step: int) -> None:
+        """A uint8 [H, W, 3] picture to TensorBoard's images tab."""
+        if self._tb is not None:
+            self._tb.add_image(tag, image, step, dataformats="HWC")
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()

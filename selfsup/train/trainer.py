@@ -20,6 +20,7 @@ from tqdm import tqdm
 from selfsup.backbones import build_backbone
 from selfsup.config import Config, ConfigError, to_yaml, view_configs
 from selfsup.data import ImageSet, dataset_stats, load_dataset
+from selfsup.eval.features import frozen_eval
 from selfsup.eval.protocols import knn_eval
 from selfsup.methods import build_method
 from selfsup.methods.schedules import Progress, cosine_schedule
@@ -27,6 +28,7 @@ from selfsup.run import write_stats
 from selfsup.train import distributed as dist
 from selfsup.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_weights
 from selfsup.train.optim import build_optimizer, cosine_lr, peak_lr
+from selfsup.train.pictures import grid_image, save_png
 from selfsup.train.runlog import RunLog
 from selfsup.views import build_view_set
 
@@ -206,6 +208,14 @@ class Trainer:
                      if v.dim() == 4 and v.is_floating_point() else v for v in views]
         return views
 
+    def sample_views(self, n: int, seed: int) -> list[torch.Tensor]:
+        """The method's inputs (as `make_views` gives them) for `n` training images picked with
+        `seed`: what a codebook is built from and what the pictures show."""
+        pick = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed))[:n]
+        parts = [self.make_views(self.images[idx.to(self.images.device)].to(self.device), seed + i)
+                 for i, idx in enumerate(pick.split(self.local_batch))]
+        return [torch.cat(p) for p in zip(*parts)]
+
     def train_step(self, x: torch.Tensor, aug_seed: int) -> torch.Tensor:
         """One optimizer step on a uint8 batch [B, C, H, W] on the device: the method's views
         (drawn from `aug_seed`), forward under autocast, backward, clip, step, per-step state.
@@ -239,6 +249,8 @@ class Trainer:
                    desc=f"{self.cfg.method.name}", unit="step", dynamic_ncols=True)
         train_time, window_start, window_steps = 0.0, time.perf_counter(), 0
         running = torch.zeros((), device=self.device)
+        if hasattr(self.model, "init_from_data"):  # e.g. a tokenizer's codebook, built once
+            self.model.init_from_data(lambda k: self.sample_views(k, t.seed), seed=t.seed)
         self.model.train()
         try:
             while self.step < self.total_steps:
@@ -298,7 +310,28 @@ class Trainer:
                 or (epoch_done and (self.step // self.steps_per_epoch) % t.checkpoint_every == 0)
                 or bool(t.checkpoint_every_steps and self.step % t.checkpoint_every_steps == 0))
 
+    def write_pictures(self, log: RunLog, final: bool = False) -> list[Path]:
+        """The method's picture grids (if it has `pictures`) of 8 fixed training images:
+        pictures/<name>_step_N.png, TensorBoard, and <name>.png in the run folder at the end."""
+        if not hasattr(self.model, "pictures") or not dist.is_main():
+            return []
+        with frozen_eval(self.model), torch.autocast(
+                self.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                enabled=self.amp_dtype is not None):
+            grids = self.model.pictures(self.sample_views(8, self.cfg.trainer.seed + 2))
+        written = []
+        for name, rows in grids.items():
+            image = grid_image(rows, self.mean, self.std)
+            log.image(name, image, self.step)
+            scale = max(1, 96 // rows[0].shape[-1])
+            written.append(save_png(image, self.run_dir / "pictures" / f"{name}_step_{self.step}.png",
+                                    scale))
+            if final:
+                written.append(save_png(image, self.run_dir / f"{name}.png", scale))
+        return written
+
     def _log_knn(self, log: RunLog, train_time: float) -> dict | None:
+        self.write_pictures(log)
         res = self.knn()
         if res is not None:
             log.log("knn", self.step, epoch=self.step / self.steps_per_epoch, top1=res["top1"],
@@ -309,6 +342,7 @@ class Trainer:
 
     def finish(self, log: RunLog, train_time: float) -> Path:
         res = self._log_knn(log, train_time) if self.cfg.trainer.knn_every >= 0 else None
+        self.write_pictures(log, final=True)
         if dist.is_main():
             save_weights(self.run_dir / "encoder.safetensors", self.model.backbone.state_dict(),
                          metadata={"backbone": self.cfg.backbone.name, "step": str(self.step)})

@@ -1,0 +1,96 @@
+"""BEiT: BERT Pre-Training of Image Transformers, with cheap tokenizers.
+
+Bao, Dong, Piao, Wei, 2021. https://arxiv.org/abs/2106.08254 ; tokenizers from SplitMask
+(El-Nouby, Izacard, Touvron, Laptev, Jégou, Grave, 2021, https://arxiv.org/abs/2112.10740 §4.2).
+
+About 40 % of an image's patches are masked in blocks (§2.5, block-wise masking); the ViT
+encoder sees every position, with the masked patches' embeddings replaced by one learned mask
+token (§2.2), and a linear layer on its output predicts, at each masked position, the token that
+a tokenizer gives the original patch: cross-entropy on the masked positions only (§2.2, eq. 1).
+BEiT's tokenizer is DALL-E's dVAE; here it is one of `tokenizers.py`'s cheap codebooks, built
+once from the training data. The paper's relative position bias and layer scale are left out:
+the encoder is the same ViT as every other method's, so encoders compare like for like.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selfsup.backbones.vit import patchify, require_vit
+from selfsup.methods.schedules import Progress
+from selfsup.methods.tokenizers import PatchTokenizer, TokenizerConfig, build_from_views
+from selfsup.views.masks import draw_order, mask_from_order, num_visible
+
+
+@dataclass
+class BEiTConfig(TokenizerConfig):
+    """name: registry key. mask_ratio: share of patches masked (0.4: 75 of 196 patches, §2.5).
+    masking: block (BEiT's) | random. The tokenizer settings are `TokenizerConfig`'s."""
+
+    name: str = "beit"
+    mask_ratio: float = 0.4
+    masking: str = "block"
+
+    def __post_init__(self):
+        super().__post_init__()
+        num_visible(1, self.mask_ratio)
+        if self.masking not in ("random", "block"):
+            raise ValueError(f"method.masking must be random or block, got {self.masking!r}")
+
+
+def masked_token_loss(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """Cross-entropy of predicted against true token ids, and top-1 accuracy.
+
+    logits: [M, V] at the M masked positions of the batch; tokens: [M] their tokenizer ids."""
+    loss = F.cross_entropy(logits.float(), tokens)
+    acc = (logits.argmax(dim=-1) == tokens).float().mean()
+    return loss, acc
+
+
+class BEiT(nn.Module):
+    config_class = BEiTConfig
+
+    def __init__(self, cfg: BEiTConfig, backbone: nn.Module):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = require_vit(backbone, "BEiT")
+        p = backbone.patch_size
+        self.tokenizer = PatchTokenizer(cfg.tokenizer, cfg.assign, cfg.vocab_size,
+                                        p * p * backbone.in_channels)
+        self.mask_token = nn.Parameter(torch.zeros(backbone.dim))
+        nn.init.normal_(self.mask_token, std=0.02)  # BEiT's trunc_normal_(std=.02)
+        self.head = nn.Linear(backbone.dim, cfg.vocab_size)  # the "masked image modeling head"
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def init_from_data(self, sample: Callable[[int], list[Tensor]], seed: int) -> None:
+        """Build the codebook from `sample(n)`, the views of n training images, once: a
+        resumed run reads it back from the checkpoint."""
+        build_from_views(self.tokenizer, self.cfg, sample, self.backbone.patch_size, seed)
+
+    def prepare(self, views: list[Tensor], g: torch.Generator) -> list[Tensor]:
+        """[image views] -> [images, patch orders [B, L]] (masked patches last)."""
+        if len(views) != 1:
+            raise ValueError(f"BEiT takes 1 view, got {len(views)}: set views.n_views=1")
+        x = views[0]
+        p = self.backbone.patch_size
+        grid = (x.shape[-2] // p, x.shape[-1] // p)
+        return [x, draw_order(self.cfg.masking, x.shape[0], grid, self.cfg.mask_ratio, g, x.device)]
+
+    def forward(self, views: list[Tensor], progress: Progress
+                ) -> tuple[Tensor, dict[str, Tensor]]:
+        x, order = views
+        mask = mask_from_order(order, num_visible(order.shape[1], self.cfg.mask_ratio))  # [B, L]
+        tokens = self.tokenizer(patchify(x, self.backbone.patch_size))  # [B, L]
+        out = self.backbone.forward_tokens(x, mask=mask, mask_token=self.mask_token)
+        out = out[:, self.backbone.num_prefix_tokens:]  # [B, L, D]
+        loss, acc = masked_token_loss(self.head(out[mask]), tokens[mask])  # [M, V], [M]
+        return loss, {"token_acc": acc}
+
+    def on_step_end(self, progress: Progress) -> None:
+        pass  # the codebook is fixed; BEiT keeps no per-step state

@@ -1,0 +1,129 @@
+"""SplitMask: split, inpaint and match.
+
+El-Nouby, Izacard, Touvron, Laptev, Jégou, Grave, 2021, "Are Large-scale Datasets Necessary for
+Self-Supervised Pre-training?", https://arxiv.org/abs/2112.10740 (§3, figure 2).
+
+The patches of an image are split at random into two disjoint halves A and B. Each half goes
+through the shared ViT encoder on its own (only its own patches, as MAE's encoder does), and a
+shallow decoder, with mask tokens at the other half's positions, predicts the other half's
+tokenizer ids: BEiT's masked token prediction, from A for B and from B for A ("inpaint"). The
+decoder outputs of each half are averaged into one global descriptor per half, and an InfoNCE
+loss over the batch pairs the two halves of the same image ("match"), which asks for features
+that agree whatever subset of the image was seen. Both losses are weighted and settable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selfsup.backbones.vit import patchify, require_vit
+from selfsup.methods.beit import masked_token_loss
+from selfsup.methods.decoder import MaskedDecoder
+from selfsup.methods.schedules import Progress
+from selfsup.methods.simclr import nt_xent
+from selfsup.methods.tokenizers import PatchTokenizer, TokenizerConfig, build_from_views
+from selfsup.train.distributed import gather_with_grad, rank
+from selfsup.views.masks import random_order
+
+
+@dataclass
+class SplitMaskConfig(TokenizerConfig):
+    """name: registry key. decoder_dim / decoder_depth / decoder_heads: the shallow decoder (2
+    blocks in the paper). mim_weight / contrast_weight: weights of the token-prediction and
+    InfoNCE losses. temperature: of the InfoNCE loss. The tokenizer settings are
+    `TokenizerConfig`'s."""
+
+    name: str = "splitmask"
+    decoder_dim: int = 256
+    decoder_depth: int = 2
+    decoder_heads: int = 8
+    mim_weight: float = 1.0
+    contrast_weight: float = 1.0
+    temperature: float = 0.2
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.decoder_depth < 1 or self.decoder_dim < 1:
+            raise ValueError("method.decoder_depth and decoder_dim must be at least 1")
+        if self.mim_weight < 0 or self.contrast_weight < 0 or self.mim_weight + self.contrast_weight == 0:
+            raise ValueError("method.mim_weight and contrast_weight must be >= 0, not both 0")
+        if self.temperature <= 0:
+            raise ValueError(f"method.temperature must be positive, got {self.temperature}")
+
+
+def split_halves(order: Tensor) -> tuple[Tensor, Tensor]:
+    """order: [B, L] random patch orders -> the two disjoint halves [B, L//2] and [B, L - L//2],
+    which together cover every patch."""
+    half = order.shape[1] // 2
+    return order[:, :half], order[:, half:]
+
+
+class SplitMask(nn.Module):
+    config_class = SplitMaskConfig
+
+    def __init__(self, cfg: SplitMaskConfig, backbone: nn.Module):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = require_vit(backbone, "SplitMask")
+        p = backbone.patch_size
+        self.tokenizer = PatchTokenizer(cfg.tokenizer, cfg.assign, cfg.vocab_size,
+                                        p * p * backbone.in_channels)
+        self.decoder = MaskedDecoder(backbone.dim, cfg.decoder_dim, cfg.decoder_depth,
+                                     cfg.decoder_heads, cfg.vocab_size, backbone.num_prefix_tokens)
+
+    def init_from_data(self, sample: Callable[[int], list[Tensor]], seed: int) -> None:
+        """Build the codebook from `sample(n)`, the views of n training images, once: a
+        resumed run reads it back from the checkpoint."""
+        build_from_views(self.tokenizer, self.cfg, sample, self.backbone.patch_size, seed)
+
+    def prepare(self, views: list[Tensor], g: torch.Generator) -> list[Tensor]:
+        """[image views] -> [images, random patch orders [B, L]] (split into halves in forward)."""
+        if len(views) != 1:
+            raise ValueError(f"SplitMask takes 1 view, got {len(views)}: set views.n_views=1")
+        x = views[0]
+        p = self.backbone.patch_size
+        return [x, random_order(x.shape[0], (x.shape[-2] // p) * (x.shape[-1] // p), g, x.device)]
+
+    def _branch(self, x: Tensor, seen: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Encode the patches `seen` [B, K]; decoder logits [B, L, V] and descriptor [B, dim]."""
+        logits, hidden = self.decoder(self.backbone.forward_tokens(x, keep=seen), seen, grid)
+        return logits, hidden.mean(dim=1)
+
+    def forward(self, views: list[Tensor], progress: Progress
+                ) -> tuple[Tensor, dict[str, Tensor]]:
+        x, order = views
+        b, p = x.shape[0], self.backbone.patch_size
+        grid = (x.shape[-2] // p, x.shape[-1] // p)
+        tokens = self.tokenizer(patchify(x, p))  # [B, L]
+        half_a, half_b = split_halves(order)
+        if half_a.shape[1] == half_b.shape[1]:  # one encoder pass over both halves
+            logits, desc = self._branch(torch.cat([x, x]), torch.cat([half_a, half_b]), grid)
+            logits_a, logits_b = logits[:b], logits[b:]
+            desc_a, desc_b = desc[:b], desc[b:]
+        else:  # an odd number of patches: halves of different sizes
+            logits_a, desc_a = self._branch(x, half_a, grid)
+            logits_b, desc_b = self._branch(x, half_b, grid)
+
+        def inpaint(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+            """logits [B, L, V] at the other half's positions `target` [B, K']."""
+            picked = logits.gather(1, target.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+            return masked_token_loss(picked.flatten(0, 1), tokens.gather(1, target).flatten())
+
+        mim_a, acc_a = inpaint(logits_a, half_b)  # A predicts B's tokens
+        mim_b, acc_b = inpaint(logits_b, half_a)
+        z = F.normalize(torch.cat([desc_a, desc_b]).float(), dim=1)  # [2B, D]
+        z_all = gather_with_grad(z)  # negatives from every process, as SimCLR's
+        contrast, contrast_acc = nt_xent(desc_a, desc_b, self.cfg.temperature, z_all,
+                                         offset=rank() * 2 * b)
+        mim = 0.5 * (mim_a + mim_b)
+        loss = self.cfg.mim_weight * mim + self.cfg.contrast_weight * contrast
+        return loss, {"mim": mim.detach(), "contrast": contrast.detach(),
+                      "token_acc": 0.5 * (acc_a + acc_b), "contrast_acc": contrast_acc}
+
+    def on_step_end(self, progress: Progress) -> None:
+        pass  # the codebook is fixed; SplitMask keeps no per-step state
