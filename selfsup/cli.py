@@ -4,6 +4,8 @@
     selfsup pretrain --resume runs/quick-20261122-101500
     selfsup eval knn runs/quick-20261122-101500 eval.knn.k=20
     selfsup eval linear runs/quick-20261122-101500
+    selfsup eval finetune runs/quick-20261122-101500 --recipe finetune_quick_cifar10
+    selfsup eval finetune runs/quick-20261122-101500 --random-init      # the baseline
     selfsup recipes
     selfsup config --recipe cifar10_simclr trainer.batch_size=256
 
@@ -18,7 +20,19 @@ import json
 import sys
 from pathlib import Path
 
-from selfsup.config import RECIPES_DIR, ConfigError, load_config, to_yaml
+from selfsup.config import RECIPES_DIR, ConfigError, load_config, recipe_path, to_yaml
+
+
+def _is_finetune_recipe(path: Path) -> bool:
+    """A fine-tune recipe (selfsup/recipes/finetune_*.yaml) holds overrides for `selfsup eval
+    finetune --recipe`: an eval.finetune section and no method of its own."""
+    from omegaconf import OmegaConf
+
+    try:
+        y = OmegaConf.load(path)
+    except Exception:
+        return False
+    return "method" not in y and "finetune" in (y.get("eval") or {})
 
 
 def _pretrain(args) -> int:
@@ -32,6 +46,9 @@ def _pretrain(args) -> int:
         if not trainer.resume():
             print(f"{run_dir} has no checkpoint yet: starting from step 0", file=sys.stderr)
     else:
+        if _is_finetune_recipe(recipe_path(args.recipe)):
+            raise ConfigError(f"{args.recipe} is a fine-tune recipe: use it as "
+                              f"selfsup eval finetune RUN --recipe {args.recipe}")
         cfg = load_config(args.recipe, args.overrides)
         trainer = Trainer(cfg, run_dir=args.run_dir, recipe=Path(args.recipe).stem)
     run_dir = trainer.fit()
@@ -40,13 +57,22 @@ def _pretrain(args) -> int:
 
 
 def _evaluate(args) -> int:
+    import dataclasses
+
+    import torch
+
+    from selfsup.backbones import build_backbone
+    from selfsup.config import build_config
     from selfsup.data import dataset_stats, load_dataset
+    from selfsup.eval.finetune import finetune
     from selfsup.eval.protocols import knn_eval, linear_eval
-    from selfsup.run import find_run_dir, load_encoder, load_run_config, read_stats
+    from selfsup.run import find_run_dir, load_encoder, read_stats
     from selfsup.train.trainer import resolve_device, resolve_precision
 
     run_dir = find_run_dir(args.run)
-    cfg = load_run_config(run_dir, args.overrides)
+    # The run's config, then a recipe's overrides (e.g. a fine-tune recipe), then the command line.
+    recipe = [recipe_path(args.recipe)] if args.recipe else []
+    cfg = build_config(run_dir / "config.yaml", *recipe, list(args.overrides))
     d = cfg.data
     train = load_dataset(d.name, d.train_split, root=d.root, image_size=d.image_size)
     if train.labels is None:
@@ -56,23 +82,47 @@ def _evaluate(args) -> int:
     test = load_dataset(d.name, d.test_split, root=d.root, image_size=d.image_size)
     mean, std = read_stats(run_dir) or dataset_stats(train)
     device = resolve_device(cfg.trainer.device)
-    backbone = load_encoder(args.run, cfg, train.images.shape[1]).to(device)
+    in_channels = train.images.shape[1]
+    if args.random_init:
+        # The pretraining run's starting point: the trainer seeds with trainer.seed and then
+        # builds the backbone first, so this is the same network before any training.
+        torch.manual_seed(cfg.trainer.seed)
+        backbone = build_backbone(cfg.backbone, in_channels=in_channels, image_size=cfg.views.size)
+    else:
+        backbone = load_encoder(args.run, cfg, in_channels)
+    backbone = backbone.to(device)
     precision = "bf16" if resolve_precision(cfg.trainer.precision, device) else "fp32"
-    run = knn_eval if args.protocol == "knn" else linear_eval
-    res = run(backbone, train, test, mean, std, cfg.eval, size=cfg.eval.size or cfg.views.size,
-              device=device, precision=precision, progress=True)
+    size = cfg.eval.size or cfg.views.size
+    weights = "random init (trainer.seed %d)" % cfg.trainer.seed if args.random_init else str(args.run)
+    if args.protocol == "finetune":
+        fcfg = cfg.eval.finetune
+        fcfg = dataclasses.replace(fcfg, size=fcfg.size or size,
+                                   flip_p=cfg.views.flip_p if fcfg.flip_p is None else fcfg.flip_p)
+        res = finetune(backbone, train, test, mean, std, fcfg, device=device, precision=precision,
+                       progress=True, description=weights)
+    else:
+        run = knn_eval if args.protocol == "knn" else linear_eval
+        res = run(backbone, train, test, mean, std, cfg.eval, size=size, device=device,
+                  precision=precision, progress=True)
     print(f"{args.protocol} top-1: {res['top1']:.2f}%  ({res['protocol']})")
-    out = run_dir / f"eval_{args.protocol}.json"
-    out.write_text(json.dumps({**res, "weights": str(args.run)}, indent=2, default=str))
+    out = run_dir / f"eval_{args.protocol}{'_random' if args.random_init else ''}.json"
+    out.write_text(json.dumps({**res, "weights": weights, "recipe": args.recipe}, indent=2, default=str))
     print(f"written: {out}")
     return 0
 
 
 def _recipes(args) -> int:
-    for p in sorted(RECIPES_DIR.glob("*.yaml")):
-        first = next((ln.lstrip("# ").strip() for ln in p.read_text().splitlines()
-                      if ln.startswith("#")), "")
-        print(f"{p.stem:24s} {first}")
+    paths = sorted(RECIPES_DIR.glob("*.yaml"))
+    finetune = [p for p in paths if _is_finetune_recipe(p)]
+    for title, group in (("pretraining (selfsup pretrain --recipe NAME)",
+                          [p for p in paths if p not in finetune]),
+                         ("fine-tuning (selfsup eval finetune RUN --recipe NAME)", finetune)):
+        if group:
+            print(f"{title}:")
+        for p in group:
+            first = next((ln.lstrip("# ").strip() for ln in p.read_text().splitlines()
+                          if ln.startswith("#")), "")
+            print(f"  {p.stem:24s} {first}")
     return 0
 
 
@@ -92,10 +142,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value")
     p.set_defaults(func=_pretrain)
 
-    e = sub.add_parser("eval", help="evaluate a trained encoder on a frozen backbone")
-    e.add_argument("protocol", choices=["knn", "linear"])
+    e = sub.add_parser("eval", help="evaluate a trained encoder: k-NN, linear probe, fine-tuning")
+    e.add_argument("protocol", choices=["knn", "linear", "finetune"])
     e.add_argument("run", help="run folder, checkpoint folder, or .safetensors inside a run")
-    e.add_argument("overrides", nargs="*", help="key.sub=value, e.g. eval.knn.k=20 eval.layer=layer3")
+    e.add_argument("--recipe", "-r", help="YAML of overrides applied over the run's config, e.g. "
+                   "finetune_quick_cifar10 (see selfsup recipes)")
+    e.add_argument("--random-init", action="store_true", help="the run's backbone without its "
+                   "weights (the baseline); writes eval_<protocol>_random.json")
+    e.add_argument("overrides", nargs="*", help="key.sub=value, e.g. eval.knn.k=20 eval.layer=layer3 "
+                   "eval.finetune.epochs=10")
     e.set_defaults(func=_evaluate)
 
     r = sub.add_parser("recipes", help="list the shipped recipes")
@@ -109,7 +164,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    ap = parser()
+    # Overrides may follow an option (`eval finetune RUN --random-init a.b=c`); argparse would
+    # have closed the positional list at the option, so the rest are taken back here.
+    args, rest = ap.parse_known_args(argv)
+    if rest:
+        if not hasattr(args, "overrides") or any(r.startswith("-") for r in rest):
+            ap.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.overrides = [*args.overrides, *rest]
     try:
         return args.func(args)
     except Exception as e:  # the errors a user can act on get one line, not a traceback

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from selfsup.backbones import BackboneConfig
-from selfsup.eval import KNNConfig, LinearConfig
+from selfsup.eval import FinetuneConfig, KNNConfig, LinearConfig
 from selfsup.views import ViewConfig
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -134,7 +134,8 @@ class TrainerConfig:
 
 @dataclass
 class EvalConfig:
-    """Frozen-backbone evaluation (k-NN, linear probe) after or during training.
+    """Evaluation after or during training: k-NN and linear probe on the frozen backbone, and
+    end-to-end fine-tuning (`finetune`, see selfsup/eval/finetune.py).
 
     batch_size: images per feature-extraction batch. layer: which backbone output to probe
     (null: the pooled output; else one of the backbone's layer_names, e.g. layer3 or block6).
@@ -147,6 +148,7 @@ class EvalConfig:
     size: Optional[int] = None
     knn: KNNConfig = field(default_factory=KNNConfig)
     linear: LinearConfig = field(default_factory=LinearConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 @dataclass
