@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from selfsup.eval.features import extract_features
+from selfsup.eval.features import extract_features, module_device
 from selfsup.eval.knn import topk_accuracy
 from selfsup.views import ViewConfig, build_views
 
@@ -261,9 +261,9 @@ def finetune(backbone: nn.Module, train_set, test_set, mean, std, cfg: FinetuneC
     Returns:
         {"top1", "top5" (>= 5 classes), "train_top1" (clean, on the fine-tuning images), "loss"
          (mean training loss of the last log window), "lr" (peak), "epochs", "steps",
-         "train_images", "test_images", "time_s", "protocol"}.
+         "train_images", "test_images", "train_time_s" (subsets, set-up and training), "time_s"
+         (and evaluation), "protocol"}.
     """
-    from selfsup.eval.features import module_device
     from selfsup.train.optim import cosine_lr  # late: selfsup.train imports the evaluators
 
     cfg.validate()
@@ -304,6 +304,7 @@ def finetune(backbone: nn.Module, train_set, test_set, mean, std, cfg: FinetuneC
     aug = torch.Generator(device=device).manual_seed(cfg.seed + 2)
     order = torch.Generator().manual_seed(cfg.seed + 3)
     running, window, loss_value = torch.zeros((), device=device), 0, float("nan")
+    modes = [(m, m.training) for m in backbone.modules()]  # given back as found, like frozen_eval
     model.train()
     try:
         with tqdm(total=total, desc="fine-tune", unit="step", disable=not progress, dynamic_ncols=True) as bar:
@@ -338,7 +339,10 @@ def finetune(backbone: nn.Module, train_set, test_set, mean, std, cfg: FinetuneC
                         raise TrainingDiverged(f"fine-tuning loss is {loss_value} at step {step + 1}; "
                                                "try a lower eval.finetune.lr or eval.finetune.grad_clip")
                     bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}")
+        train_time = time.perf_counter() - start_time  # the loss read above waited for the last step
     finally:
+        for m, training in modes:
+            m.training = training
         if old_rates is not None:
             for b, r in zip(backbone.blocks, old_rates):
                 b.drop_path = r
@@ -350,13 +354,14 @@ def finetune(backbone: nn.Module, train_set, test_set, mean, std, cfg: FinetuneC
 
     result = {**top(test), "train_top1": top(train)["top1"], "loss": loss_value, "lr": peak,
               "epochs": cfg.epochs, "steps": total, "train_images": n, "test_images": len(test),
-              "time_s": round(time.perf_counter() - start_time, 1)}
+              "train_time_s": round(train_time, 1), "time_s": round(time.perf_counter() - start_time, 1)}
     opt = (f"AdamW (betas {cfg.betas[0]:g}, {cfg.betas[1]:g})" if cfg.optimizer == "adamw"
            else f"SGD (momentum {cfg.momentum:g})")
     pool = {"cls": "class token", "mean": "mean of the final tokens"}.get(
         getattr(backbone, "pool", None), "global average pool" if hasattr(backbone, "layer4") else "pooled output")
     dp = (f"drop path {cfg.drop_path:g} (last block, linear over blocks)" if old_rates is not None
           else "no drop path (backbone has no ViT blocks)")
+
     def subset(idx, full) -> str:
         return f" (seeded, class-stratified subset of {len(full)})" if idx is not None else ""
 
@@ -365,7 +370,7 @@ def finetune(backbone: nn.Module, train_set, test_set, mean, std, cfg: FinetuneC
         f"{pool}, all weights trained; {opt}, peak lr {peak:g} (= {cfg.lr:g} x {bs}/256), "
         f"layer-wise lr decay {cfg.layer_decay:g} ({depth_text}), weight decay {cfg.weight_decay:g} "
         f"(none on biases and norms), {cfg.warmup_epochs:g} warm-up epochs then cosine to "
-        f"{cfg.min_lr:g} x peak; cross-entropy with label smoothing {cfg.label_smoothing:g}; {dp}"
+        f"{f'{cfg.min_lr:g} x peak' if cfg.min_lr else '0'}; cross-entropy with label smoothing {cfg.label_smoothing:g}; {dp}"
         f"{f', grad clip {cfg.grad_clip:g}' if cfg.grad_clip else ''}; {cfg.epochs:g} epochs = {total} steps of "
         f"batch {bs}; augmentation: random resized crop to {size} px (scale {list(cfg.scale)}, ratio "
         f"[{cfg.ratio[0]:.3g}, {cfg.ratio[1]:.3g}]), flip p={flip_p:g}, no RandAugment/mixup/cutmix/erasing; "
