@@ -54,6 +54,15 @@ TINY_METHOD = {
                   "method.decoder_heads=2"],
     "mocov2": ["method.queue_size=256"],
     "dino": ["method.out_dim=64"],
+    # Pretext tasks: one view. Tiles come from 24 px views (5-7 px tiles): with tiles under 5 px
+    # the ResNet's last stride-2 conv sees a 1x1 map, whose bf16 weight gradient oneDNN does not
+    # compute deterministically, and exact resume would fail for that reason alone.
+    "rotation": ["views.n_views=1", "method.head_hidden=32"],
+    "relpatch": ["views.n_views=1", "views.size=24", "method.head_hidden=32"],
+    "jigsaw": ["views.n_views=1", "views.size=24", "method.n_perms=24", "method.tile_dim=16",
+               "method.head_hidden=32"],
+    "damaged_jigsaw": ["views.n_views=1", "views.size=24", "method.n_perms=24", "method.tile_dim=16",
+                       "method.head_hidden=32", "method.decode_size=4"],
 }
 
 

@@ -17,20 +17,28 @@ Shared pieces: `heads.mlp`, `ema` (teachers), `queue.FeatureQueue`, `schedules`.
 
 from selfsup.methods.beit import BEiT
 from selfsup.methods.byol import BYOL
+from selfsup.methods.damaged_jigsaw import DamagedJigsaw
 from selfsup.methods.dino import DINO
+from selfsup.methods.jigsaw import Jigsaw
 from selfsup.methods.mae import MAE
 from selfsup.methods.mocov2 import MoCoV2
 from selfsup.methods.mocov3 import MoCoV3
+from selfsup.methods.relpatch import RelPatch
+from selfsup.methods.rotation import Rotation
 from selfsup.methods.simclr import SimCLR
 from selfsup.methods.splitmask import SplitMask
 
 METHODS = {
     "beit": BEiT,
     "byol": BYOL,
+    "damaged_jigsaw": DamagedJigsaw,
     "dino": DINO,
+    "jigsaw": Jigsaw,
     "mae": MAE,
     "mocov2": MoCoV2,
     "mocov3": MoCoV3,
+    "relpatch": RelPatch,
+    "rotation": Rotation,
     "simclr": SimCLR,
     "splitmask": SplitMask,
 }
