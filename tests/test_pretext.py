@@ -276,6 +276,5 @@ def test_defences_remove_a_planted_shortcut(kind, defence):
         m.eval()
         with torch.no_grad():
             acc[aberration] = m(m.prepare([planted_cue(kind, 128, g)], g), Progress(0, 1, 1))[1]["pos_acc"]
-    print(acc)
     assert acc["none"] > 0.6, acc  # the shortcut is there to be taken
     assert acc[defence] < 0.3, acc  # and the defence takes it away

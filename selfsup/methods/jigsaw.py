@@ -45,7 +45,7 @@ class JigsawConfig:
     channel_shift: largest spatial shift of each colour channel of a tile, in px (§3.3: 0-2 px on
         64-px tiles). null: scaled to the tile (2 px per 64, rounded).
     normalize: normalise every tile on its own (§3.3).
-    n_perms: size of the permutation set (1000 in the paper's best setting, §4.2, table 3).
+    n_perms: size of the permutation set (1000 in the paper, its best setting in table 3).
     perm_seed: seed of the first permutation; the rest of the set follows from it.
     tile_dim: width of each tile's feature after the shared fc6 (1024 in the paper, fig. 3).
     head_hidden / head_layers: the classifier over the concatenated tile features (fc7 with 4096

@@ -1,6 +1,6 @@
 """Batched, on-device random views: every image gets its own draw, seeded by a Generator."""
 
-from . import ops
+from . import ops, pretext
 from .recipes import (
     ViewConfig,
     Views,
@@ -24,4 +24,5 @@ __all__ = [
     "byol",
     "multicrop",
     "ops",
+    "pretext",
 ]
