@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from selfsup.backbones.vit import patchify, require_vit
 from selfsup.methods.schedules import Progress
 from selfsup.methods.tokenizers import PatchTokenizer, TokenizerConfig, build_from_views
-from selfsup.views.masks import draw_order, mask_from_order, num_visible
+from selfsup.views.masks import mask_from_order, mask_views, num_visible
 
 
 @dataclass
@@ -75,12 +75,8 @@ class BEiT(nn.Module):
 
     def prepare(self, views: list[Tensor], g: torch.Generator) -> list[Tensor]:
         """[image views] -> [images, patch orders [B, L]] (masked patches last)."""
-        if len(views) != 1:
-            raise ValueError(f"BEiT takes 1 view, got {len(views)}: set views.n_views=1")
-        x = views[0]
-        p = self.backbone.patch_size
-        grid = (x.shape[-2] // p, x.shape[-1] // p)
-        return [x, draw_order(self.cfg.masking, x.shape[0], grid, self.cfg.mask_ratio, g, x.device)]
+        return mask_views(views, self.backbone.patch_size, self.cfg.masking, self.cfg.mask_ratio,
+                          g, "BEiT")
 
     def forward(self, views: list[Tensor], progress: Progress
                 ) -> tuple[Tensor, dict[str, Tensor]]:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from selfsup.backbones.vit import patchify, require_vit, unpatchify
 from selfsup.methods.decoder import MaskedDecoder
 from selfsup.methods.schedules import Progress
-from selfsup.views.masks import draw_order, mask_from_order, num_visible
+from selfsup.views.masks import mask_from_order, mask_views, num_visible
 
 
 @dataclass
@@ -80,12 +80,8 @@ class MAE(nn.Module):
 
     def prepare(self, views: list[Tensor], g: torch.Generator) -> list[Tensor]:
         """[image views] -> [images, patch orders [B, L]] (visible patches first)."""
-        if len(views) != 1:
-            raise ValueError(f"MAE takes 1 view, got {len(views)}: set views.n_views=1")
-        x = views[0]
-        order = draw_order(self.cfg.masking, x.shape[0], self._grid(x), self.cfg.mask_ratio, g,
-                           x.device)
-        return [x, order]
+        return mask_views(views, self.backbone.patch_size, self.cfg.masking, self.cfg.mask_ratio,
+                          g, "MAE")
 
     def _grid(self, x: Tensor) -> tuple[int, int]:
         p = self.backbone.patch_size

@@ -9,7 +9,9 @@ shallow decoder, with mask tokens at the other half's positions, predicts the ot
 tokenizer ids: BEiT's masked token prediction, from A for B and from B for A ("inpaint"). The
 decoder outputs of each half are averaged into one global descriptor per half, and an InfoNCE
 loss over the batch pairs the two halves of the same image ("match"), which asks for features
-that agree whatever subset of the image was seen. Both losses are weighted and settable.
+that agree whatever subset of the image was seen. The InfoNCE is computed as SimCLR's NT-Xent
+(`simclr.nt_xent`): every other descriptor of the global batch, of either half, is a negative.
+Both losses are weighted and settable.
 """
 
 from __future__ import annotations
@@ -28,14 +30,15 @@ from selfsup.methods.schedules import Progress
 from selfsup.methods.simclr import nt_xent
 from selfsup.methods.tokenizers import PatchTokenizer, TokenizerConfig, build_from_views
 from selfsup.train.distributed import gather_with_grad, rank
-from selfsup.views.masks import random_order
+from selfsup.views.masks import mask_views
 
 
 @dataclass
 class SplitMaskConfig(TokenizerConfig):
     """name: registry key. decoder_dim / decoder_depth / decoder_heads: the shallow decoder (2
     blocks in the paper). mim_weight / contrast_weight: weights of the token-prediction and
-    InfoNCE losses. temperature: of the InfoNCE loss. The tokenizer settings are
+    InfoNCE losses (1 and 1). temperature: of the InfoNCE loss (0.2, SimCLR's CIFAR value; our
+    choice). The tokenizer settings are
     `TokenizerConfig`'s."""
 
     name: str = "splitmask"
@@ -83,11 +86,7 @@ class SplitMask(nn.Module):
 
     def prepare(self, views: list[Tensor], g: torch.Generator) -> list[Tensor]:
         """[image views] -> [images, random patch orders [B, L]] (split into halves in forward)."""
-        if len(views) != 1:
-            raise ValueError(f"SplitMask takes 1 view, got {len(views)}: set views.n_views=1")
-        x = views[0]
-        p = self.backbone.patch_size
-        return [x, random_order(x.shape[0], (x.shape[-2] // p) * (x.shape[-1] // p), g, x.device)]
+        return mask_views(views, self.backbone.patch_size, "random", 0.0, g, "SplitMask")
 
     def _branch(self, x: Tensor, seen: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """Encode the patches `seen` [B, K]; decoder logits [B, L, V] and descriptor [B, dim]."""

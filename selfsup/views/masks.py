@@ -93,3 +93,14 @@ def draw_order(kind: str, batch: int, grid: tuple[int, int], mask_ratio: float,
     if kind == "block":
         return block_order(batch, grid[0], grid[1], mask_ratio, g, device)
     raise ValueError(f"masking must be 'random' or 'block', got {kind!r}")
+
+
+def mask_views(views: list[Tensor], patch_size: int, kind: str, mask_ratio: float,
+               g: torch.Generator, method: str) -> list[Tensor]:
+    """The `prepare` of the masked models: [one image view [B, C, H, W]] -> [the view, patch
+    orders [B, L] drawn by `draw_order`]."""
+    if len(views) != 1:
+        raise ValueError(f"{method} takes 1 view, got {len(views)}: set views.n_views=1")
+    x = views[0]
+    grid = (x.shape[-2] // patch_size, x.shape[-1] // patch_size)
+    return [x, draw_order(kind, x.shape[0], grid, mask_ratio, g, x.device)]
