@@ -278,3 +278,14 @@ def test_defences_remove_a_planted_shortcut(kind, defence):
             acc[aberration] = m(m.prepare([planted_cue(kind, 128, g)], g), Progress(0, 1, 1))[1]["pos_acc"]
     assert acc["none"] > 0.6, acc  # the shortcut is there to be taken
     assert acc[defence] < 0.3, acc  # and the defence takes it away
+
+
+def test_damaged_jigsaw_on_grey_images_trains_every_parameter():
+    cfg = DamagedJigsawConfig(tile=5, gap=1, jitter=0, channel_shift=0, n_perms=20, tile_dim=4,
+                              head_hidden=8, decode_size=3)
+    m = DamagedJigsaw(cfg, SmallCNN(1))
+    assert m.colouriser is None  # no colour to restore, and DDP wants a gradient for every weight
+    loss, metrics = m(m.prepare([torch.randn(4, 1, 17, 17)], gen()), Progress(0, 1, 1))
+    loss.backward()
+    assert all(p.grad is not None for p in m.parameters())
+    assert metrics["color_mse"] == 0

@@ -116,7 +116,9 @@ class DamagedJigsaw(nn.Module):
         # from the views, and the optimizer is built before the first batch.
         c, d = image_channels(backbone), cfg.decode_size
         self.inpainter = nn.Linear(tiles * cfg.tile_dim, c * d * d)
-        self.colouriser = nn.Linear(cfg.tile_dim, c * d * d)
+        # Grey images have no colour to restore: no colouriser, so no parameter goes without a
+        # gradient (which DDP refuses).
+        self.colouriser = nn.Linear(cfg.tile_dim, c * d * d) if c > 1 else None
 
     @torch.no_grad()
     def prepare(self, views: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
@@ -151,7 +153,7 @@ class DamagedJigsaw(nn.Module):
         rows = torch.arange(b, device=idx.device)
         present = (torch.arange(t, device=idx.device)[None] != missing[:, None]).float()
         truth = pool_tiles(colour, d).view(b, t, -1)  # [B, T, C*d*d]
-        if c > 1:
+        if self.colouriser is not None and c > 1:
             target = pool_tiles(colour - remove_colour(colour), d).view(b, t, -1)
             predicted = self.colouriser(h)
         else:  # nothing to colourise: a zero loss
