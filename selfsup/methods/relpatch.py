@@ -114,7 +114,7 @@ class RelPatch(nn.Module):
         if len(views) != 1:
             raise ValueError(f"RelPatch takes 1 view, got {len(views)}: set views.n_views=1")
         x = views[0]
-        b, c, size = x.shape[0], x.shape[1], x.shape[-1]
+        b, size = x.shape[0], x.shape[-1]
         tile, gap, jitter = self.cfg.geometry(size)
         pos = grid_positions(b, size, 3, tile, gap, jitter, generator, x.device)  # [B, 9, 2]
         cells, labels = neighbour_pairs(b, self.cfg.pairs_per_image, generator, x.device)
