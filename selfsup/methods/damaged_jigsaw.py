@@ -20,23 +20,22 @@ the colourisation loss is left out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.methods.jigsaw import (PuzzleHead, check_puzzle_config, cut_puzzle, draw_permutations,
+from selfsup.methods.jigsaw import (JigsawConfig, PuzzleHead, cut_puzzle, draw_permutations,
                                     permutation_loss)
 from selfsup.methods.schedules import Progress
 from selfsup.views.pretext import normalize_tiles, permutation_set, permute_tiles, remove_colour
 
 
 @dataclass
-class DamagedJigsawConfig:
+class DamagedJigsawConfig(JigsawConfig):
     """name: registry key.
     grid, tile, gap, jitter, channel_shift, normalize, n_perms, perm_seed, tile_dim, head_hidden,
-        head_layers: the puzzle and its classifier, as in jigsaw.py's JigsawConfig (same defaults).
+        head_layers: the puzzle and its classifier, inherited from jigsaw.py's JigsawConfig.
     decode_size: side of the inpainted and colourised tiles; the targets are the tiles
         area-averaged to it (8: ours, about half a 14-px tile).
     perm_weight / inpaint_weight / color_weight: weights of the permutation cross-entropy, the
@@ -45,24 +44,13 @@ class DamagedJigsawConfig:
     """
 
     name: str = "damaged_jigsaw"
-    grid: int = 3
-    tile: Optional[int] = None
-    gap: Optional[int] = None
-    jitter: Optional[int] = None
-    channel_shift: Optional[int] = None
-    normalize: bool = True
-    n_perms: int = 1000
-    perm_seed: int = 0
-    tile_dim: int = 256
-    head_hidden: int = 1024
-    head_layers: int = 2
     decode_size: int = 8
     perm_weight: float = 1.0
     inpaint_weight: float = 1.0
     color_weight: float = 1.0
 
     def __post_init__(self):
-        check_puzzle_config(self)
+        super().__post_init__()
         if self.decode_size < 1:
             raise ValueError(f"method.decode_size must be at least 1, got {self.decode_size}")
         for field in ("perm_weight", "inpaint_weight", "color_weight"):
