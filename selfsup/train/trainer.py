@@ -287,6 +287,7 @@ class Trainer:
                     epochs_done = self.step // self.steps_per_epoch
                     if (epoch_done and self.step < self.total_steps and t.knn_every > 0
                             and epochs_done % t.knn_every == 0):
+                        self.write_pictures(log)
                         self._log_knn(log, train_time)
                     dist.barrier()
                     window_start = time.perf_counter()
@@ -311,8 +312,9 @@ class Trainer:
                 or bool(t.checkpoint_every_steps and self.step % t.checkpoint_every_steps == 0))
 
     def write_pictures(self, log: RunLog, final: bool = False) -> list[Path]:
-        """The method's picture grids (if it has `pictures`) of 8 fixed training images:
-        pictures/<name>_step_N.png, TensorBoard, and <name>.png in the run folder at the end."""
+        """The method's picture grids (if it has `pictures`) of 8 fixed training images, at each
+        online k-NN point and at the end: pictures/<name>_step_N.png, TensorBoard, and (at the
+        end) <name>.png in the run folder."""
         if not hasattr(self.model, "pictures") or not dist.is_main():
             return []
         with frozen_eval(self.model), torch.autocast(
@@ -331,7 +333,6 @@ class Trainer:
         return written
 
     def _log_knn(self, log: RunLog, train_time: float) -> dict | None:
-        self.write_pictures(log)
         res = self.knn()
         if res is not None:
             log.log("knn", self.step, epoch=self.step / self.steps_per_epoch, top1=res["top1"],
