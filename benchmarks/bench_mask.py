@@ -23,8 +23,8 @@ import torch
 
 from selfsup.backbones import BackboneConfig, build_backbone
 from selfsup.methods.mae import MAE, MAEConfig
-from selfsup.methods.schedules import Progress
-from selfsup.train.trainer import resolve_precision
+from selfsup.device import autocast, resolve_precision
+from selfsup.protocol import Progress
 from selfsup.views.masks import num_visible, random_order
 
 
@@ -43,7 +43,7 @@ def main() -> None:
     args = ap.parse_args()
 
     device = torch.device(args.device)
-    amp = resolve_precision(args.precision, device)
+    precision = resolve_precision(args.precision, device)
     torch.manual_seed(0)
     backbone = build_backbone(BackboneConfig(name=args.backbone, patch_size=args.patch,
                                              depth=args.depth), 3, args.size).to(device)
@@ -60,15 +60,15 @@ def main() -> None:
 
     def encoder_step(ratio):
         keep = random_order(args.batch, L, g, device)[:, : num_visible(L, ratio)]
-        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+        with autocast(device, precision):
             out = backbone.forward_tokens(x, keep=keep)
         out.float().pow(2).mean().backward()
 
     def mae_step(ratio):
         model.cfg.mask_ratio = ratio
         views = model.prepare([x], g)
-        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-            loss, _ = model(views, Progress(0, 1, 1))
+        with autocast(device, precision):
+            loss = model(views, Progress(0, 1, 1)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -90,7 +90,7 @@ def main() -> None:
     print(f"{args.backbone} (depth {len(backbone.blocks)}, width {backbone.dim}) over "
           f"{args.patch}x{args.patch} patches of {args.size} px ({L} patches), batch {args.batch}, "
           f"{device.type} ({platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads), {'bf16' if amp else 'fp32'}; median of "
+          f"{torch.get_num_threads()} threads), {precision}; median of "
           f"{args.rounds} rounds of {args.steps} steps\n")
     print("| mask ratio | visible patches | encoder fwd+bwd | vs ratio 0 | MAE step | vs ratio 0 |")
     print("| --- | --- | --- | --- | --- | --- |")

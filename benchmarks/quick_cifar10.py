@@ -89,7 +89,7 @@ def run(recipe: str, args: argparse.Namespace) -> dict:
     n_views = trainer.views.n_views
     print(f"\nrecipe {recipe} on {name}; method {cfg.method.name}, backbone {cfg.backbone.name} "
           f"x{cfg.backbone.width}, batch {cfg.trainer.batch_size}, {n_views} views "
-          f"({cfg.views.size}px first), precision {'bf16' if trainer.amp_dtype else 'fp32'}, "
+          f"({cfg.views.size}px first), precision {trainer.precision}, "
           f"{cfg.trainer.epochs:g} epochs of {n} images")
     print("\n| measure | value |\n| --- | --- |")
     print(f"| training images/s ({n_views} views each) | {ips:.0f} |")

@@ -17,12 +17,11 @@ import time
 from pathlib import Path
 
 from selfsup.config import load_config
-from selfsup.eval.protocols import linear_eval
 from selfsup.train.runlog import read_metrics
 from selfsup.train.trainer import Trainer
 
 SHORT = ["data.subset=8000", "trainer.epochs=3", "trainer.warmup_epochs=0.5",
-         "trainer.knn_bank=8000", "trainer.knn_every=0", "trainer.progress=false",
+         "trainer.knn_bank=8000", "trainer.knn_every=-1", "trainer.progress=false",
          "trainer.checkpoint_every=100"]
 
 
@@ -34,22 +33,16 @@ def main() -> None:
     cfg = load_config(recipe, [f"data.root={data}", *SHORT, f"trainer.out={out}", *overrides])
     tr = Trainer(cfg, run_dir=out / "run")
 
-    def linear() -> float:
-        res = linear_eval(tr.model.backbone, tr.train_set, tr.test_set, tr.mean, tr.std, cfg.eval,
-                          size=cfg.eval.size, device=tr.device,
-                          precision="bf16" if tr.amp_dtype is not None else "fp32")
-        tr.model.train()
-        return res["top1"]
-
-    knn0, lin0 = tr.knn()["top1"], linear()
+    before = tr.evaluate(("knn", "linear"))  # one feature extraction for both probes
     start = time.perf_counter()
     tr.fit()
     seconds = time.perf_counter() - start
-    knn1 = read_metrics(out / "run", "knn")[-1]["top1"]
+    after = tr.evaluate(("knn", "linear"))
     last = read_metrics(out / "run", "train")[-1]
     pretext = {k: round(v, 4) for k, v in last.items() if k.endswith(("acc", "mse"))}
-    print(f"{method} ({recipe} {' '.join(overrides)}): k-NN {knn0:.2f} -> {knn1:.2f} %, linear "
-          f"{lin0:.2f} -> {linear():.2f} %, training {seconds:.0f} s (incl. the final k-NN), "
+    print(f"{method} ({recipe} {' '.join(overrides)}): k-NN {before['knn']['top1']:.2f} -> "
+          f"{after['knn']['top1']:.2f} %, linear {before['linear']['top1']:.2f} -> "
+          f"{after['linear']['top1']:.2f} %, training {seconds:.0f} s, "
           f"{last['images_per_s']:.0f} images/s, {pretext}")
 
 

@@ -4,6 +4,7 @@
     selfsup pretrain --resume runs/quick-20261122-101500
     selfsup eval knn runs/quick-20261122-101500 eval.knn.k=20
     selfsup eval linear runs/quick-20261122-101500
+    selfsup eval knn,linear runs/quick-20261122-101500      # features extracted once for both
     selfsup eval finetune runs/quick-20261122-101500 --recipe finetune_quick_cifar10
     selfsup eval finetune runs/quick-20261122-101500 --random-init      # the baseline
     selfsup recipes
@@ -64,15 +65,24 @@ def _evaluate(args) -> int:
     from selfsup.backbones import build_backbone
     from selfsup.config import build_config
     from selfsup.data import dataset_stats, load_dataset
+    from selfsup.device import resolve_device, resolve_precision
+    from selfsup.eval.features import FeatureCache
     from selfsup.eval.finetune import finetune
-    from selfsup.eval.protocols import knn_eval, linear_eval
-    from selfsup.run import find_run_dir, load_encoder, read_stats
-    from selfsup.train.trainer import resolve_device, resolve_precision
+    from selfsup.eval.protocols import PROTOCOLS, evaluate
+    from selfsup.run import find_run_dir, load_encoder
+    from selfsup.runfolder import RunFolder
 
+    protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
+    known = [*PROTOCOLS, "finetune"]
+    bad = [p for p in protocols if p not in known]
+    if bad or not protocols:
+        raise ConfigError(f"eval: unknown protocol {','.join(bad) or args.protocol!r}; choose from "
+                          f"{', '.join(known)}, or several joined by commas (knn,linear)")
     run_dir = find_run_dir(args.run)
+    run = RunFolder(run_dir)
     # The run's config, then a recipe's overrides (e.g. a fine-tune recipe), then the command line.
     recipe = [recipe_path(args.recipe)] if args.recipe else []
-    cfg = build_config(run_dir / "config.yaml", *recipe, list(args.overrides))
+    cfg = build_config(run.config, *recipe, list(args.overrides))
     d = cfg.data
     train = load_dataset(d.name, d.train_split, root=d.root, image_size=d.image_size)
     if train.labels is None:
@@ -80,7 +90,7 @@ def _evaluate(args) -> int:
     if not d.test_split:
         raise ConfigError("data.test_split is null: name a labelled split to test on")
     test = load_dataset(d.name, d.test_split, root=d.root, image_size=d.image_size)
-    mean, std = read_stats(run_dir) or dataset_stats(train)
+    mean, std = run.read_stats() or dataset_stats(train)
     device = resolve_device(cfg.trainer.device)
     in_channels = train.images.shape[1]
     if args.random_init:
@@ -91,23 +101,26 @@ def _evaluate(args) -> int:
     else:
         backbone = load_encoder(args.run, cfg, in_channels)
     backbone = backbone.to(device)
-    precision = "bf16" if resolve_precision(cfg.trainer.precision, device) else "fp32"
+    precision = resolve_precision(cfg.trainer.precision, device)
     size = cfg.eval.size or cfg.views.size
     weights = "random init (trainer.seed %d)" % cfg.trainer.seed if args.random_init else str(args.run)
-    if args.protocol == "finetune":
+    frozen = [p for p in protocols if p != "finetune"]
+    cache = FeatureCache(backbone, mean, std, batch_size=cfg.eval.batch_size, device=device,
+                         precision=precision, progress=True)
+    results = evaluate(cache, train, test, cfg.eval, frozen, size=size, progress=True)
+    if "finetune" in protocols:  # last: it changes the backbone's weights
         fcfg = cfg.eval.finetune
         fcfg = dataclasses.replace(fcfg, size=fcfg.size or size,
                                    flip_p=cfg.views.flip_p if fcfg.flip_p is None else fcfg.flip_p)
-        res = finetune(backbone, train, test, mean, std, fcfg, device=device, precision=precision,
-                       progress=True, description=weights)
-    else:
-        run = knn_eval if args.protocol == "knn" else linear_eval
-        res = run(backbone, train, test, mean, std, cfg.eval, size=size, device=device,
-                  precision=precision, progress=True)
-    print(f"{args.protocol} top-1: {res['top1']:.2f}%  ({res['protocol']})")
-    out = run_dir / f"eval_{args.protocol}{'_random' if args.random_init else ''}.json"
-    out.write_text(json.dumps({**res, "weights": weights, "recipe": args.recipe}, indent=2, default=str))
-    print(f"written: {out}")
+        results["finetune"] = finetune(backbone, train, test, mean, std, fcfg, device=device,
+                                       precision=precision, progress=True, description=weights)
+    for protocol in protocols:
+        res = results[protocol]
+        print(f"{protocol} top-1: {res['top1']:.2f}%  ({res['protocol']})")
+        out = run.eval_result(protocol, args.random_init)
+        out.write_text(json.dumps({**res, "weights": weights, "recipe": args.recipe}, indent=2,
+                                  default=str))
+        print(f"written: {out}")
     return 0
 
 
@@ -143,7 +156,8 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_pretrain)
 
     e = sub.add_parser("eval", help="evaluate a trained encoder: k-NN, linear probe, fine-tuning")
-    e.add_argument("protocol", choices=["knn", "linear", "finetune"])
+    e.add_argument("protocol", help="knn | linear | finetune, or several joined by commas "
+                   "(knn,linear: features are extracted once for both)")
     e.add_argument("run", help="run folder, checkpoint folder, or .safetensors inside a run")
     e.add_argument("--recipe", "-r", help="YAML of overrides applied over the run's config, e.g. "
                    "finetune_quick_cifar10 (see selfsup recipes)")
@@ -176,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except Exception as e:  # the errors a user can act on get one line, not a traceback
         from selfsup.data import DataError
-        from selfsup.train.trainer import TrainingDiverged
+        from selfsup.train.step import TrainingDiverged
 
         if isinstance(e, (ConfigError, DataError, FileNotFoundError, TrainingDiverged)):
             print(f"selfsup: error: {e}", file=sys.stderr)

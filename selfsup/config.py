@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from selfsup.backbones import BackboneConfig
 from selfsup.eval import FinetuneConfig, KNNConfig, LinearConfig
+from selfsup.methods import METHODS
 from selfsup.views import ViewConfig
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -58,6 +59,22 @@ class DataConfig:
 
 
 @dataclass
+class ParamSetConfig:
+    """Optimizer settings of one parameter set of a method with several (a GAN's generator and
+    discriminator, see `selfsup/protocol.py`), under `trainer.param_sets.<set name>`. A null
+    field takes the method's default for the set, else the trainer's own setting of that name.
+    """
+
+    optimizer: Optional[str] = None
+    lr: Optional[float] = None
+    weight_decay: Optional[float] = None
+    weight_decay_end: Optional[float] = None
+    momentum: Optional[float] = None
+    betas: Optional[list[float]] = None
+    grad_clip: Optional[float] = None
+
+
+@dataclass
 class TrainerConfig:
     """The one training loop every method uses.
 
@@ -83,6 +100,8 @@ class TrainerConfig:
     checkpoint_every: save every N epochs; checkpoint_every_steps: also every N steps (0: off).
     log_every: steps between logged points. progress: show a progress bar.
     out: folder for run folders; run_name: this run's folder name (default: recipe + time).
+    param_sets: per parameter set, changes to the optimizer settings above (`ParamSetConfig`),
+        e.g. `trainer.param_sets.discriminator.lr=1e-4`; the names are the method's sets.
     """
 
     epochs: float = 10
@@ -114,9 +133,12 @@ class TrainerConfig:
     progress: bool = True
     out: str = "runs"
     run_name: Optional[str] = None
+    param_sets: dict[str, ParamSetConfig] = field(default_factory=dict)
 
     def __post_init__(self):
-        _choice("trainer.optimizer", self.optimizer, ("sgd", "adamw", "lars"))
+        check_optimizer_settings(self, "trainer")
+        for name, changes in self.param_sets.items():
+            check_optimizer_settings(changes, f"trainer.param_sets.{name}")
         _choice("trainer.lr_scaling", self.lr_scaling, ("linear", "sqrt", "none"))
         _choice("trainer.precision", self.precision, ("auto", "bf16", "fp32"))
         if self.epochs <= 0:
@@ -124,12 +146,21 @@ class TrainerConfig:
         for name in ("batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"trainer.lr must be positive, got {self.lr}")
         if self.lars_trust <= 0:
             raise ValueError(f"trainer.lars_trust must be positive, got {self.lars_trust}")
-        if len(self.betas) != 2:
-            raise ValueError(f"trainer.betas needs two values, got {list(self.betas)}")
+
+
+def check_optimizer_settings(s: TrainerConfig | ParamSetConfig, section: str) -> None:
+    """The checks the optimizer settings of the trainer and of a parameter set share (a
+    ParamSetConfig's null fields are not checked: they take another value)."""
+    if s.optimizer is not None:
+        _choice(f"{section}.optimizer", s.optimizer, ("sgd", "adamw", "lars"))
+    if s.lr is not None and s.lr <= 0:
+        raise ValueError(f"{section}.lr must be positive, got {s.lr}")
+    if s.weight_decay is not None and s.weight_decay < 0:
+        raise ValueError(f"{section}.weight_decay must be >= 0, got {s.weight_decay}")
+    if s.betas is not None and len(s.betas) != 2:
+        raise ValueError(f"{section}.betas needs two values, got {list(s.betas)}")
 
 
 @dataclass
@@ -223,8 +254,6 @@ def build_config(*sources: Any) -> Config:
 
     Returns a validated `Config` whose `method` is the method's own config dataclass.
     """
-    from selfsup.methods import METHODS  # late: methods import config-free modules only
-
     for s in sources:
         if isinstance(s, (list, tuple)):
             bad = [o for o in s if "=" not in o]

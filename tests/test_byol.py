@@ -7,8 +7,8 @@ import torch
 
 from conftest import LinearBackbone
 from selfsup.config import ConfigError, build_config, load_config, view_configs
-from selfsup.methods.byol import BYOL, BYOLConfig, byol_loss, target_momentum
-from selfsup.methods.schedules import Progress
+from selfsup.methods.byol import BYOL, BYOLConfig, byol_loss
+from selfsup.protocol import Progress
 
 
 def reference_loss(p, z):
@@ -46,7 +46,7 @@ def _views(b=10, seed=1):
 def _perturb_target(model):
     """The target starts as a copy; move it away so that the tests see which network is which."""
     with torch.no_grad():
-        for p in [*model.target_backbone.parameters(), *model.target_projector.parameters()]:
+        for p in model.target.parameters():
             p.add_(0.3 * torch.randn_like(p))
 
 
@@ -55,28 +55,28 @@ def test_forward_is_the_symmetrised_loss_and_swapping_views_keeps_it():
     _perturb_target(model)
     v1, v2 = _views()
     prog = Progress(0, 5, 10)
-    loss, metrics = model([v1, v2], prog)
+    loss, metrics, _ = model([v1, v2], prog)
     # Eq. 3 by hand: online (backbone, projector, predictor) of one view vs target of the other.
     online = lambda v: model.predictor(model.projector(model.backbone(v)))
-    target = lambda v: model.target_projector(model.target_backbone(v))
+    target = lambda v: model.target[1](model.target[0](v))
     expected = reference_loss(online(v1), target(v2)).mean() + reference_loss(online(v2), target(v1)).mean()
     assert abs(loss.item() - expected.item()) < 1e-5
-    swapped, _ = model([v2, v1], prog)
+    swapped, _, _ = model([v2, v1], prog)
     assert abs(loss.item() - swapped.item()) < 1e-5
     assert abs(metrics["cos"].item() - (1 - loss.item() / 4)) < 1e-6
     assert set(metrics) == {"cos", "proj_std", "tau"}
-    assert all(m.dim() == 0 and not m.requires_grad for m in metrics.values())
+    assert all(metrics[k].dim() == 0 and not metrics[k].requires_grad for k in ("cos", "proj_std"))
 
 
 def test_predictor_only_on_the_online_side():
     model = _model(pred_hidden=12)
     assert model.predictor[0].in_features == 8 and model.predictor[0].out_features == 12
     assert model.predictor[-1].out_features == 8
-    target_modules = [*model.target_backbone.modules(), *model.target_projector.modules()]
+    target_modules = list(model.target.modules())
     assert not any(m is p for m in target_modules for p in model.predictor.modules())
     # the target's output is the projector's width, and the predictor is no part of it
-    assert model.target_projector(model.target_backbone(_views()[0])).shape == (10, 8)
-    assert not any(k.startswith("target_") and "predictor" in k for k in model.state_dict())
+    assert model.target(_views()[0]).shape == (10, 8)
+    assert len(model.target) == 2  # backbone and projector: no predictor
     # pred_hidden defaults to proj_hidden, as in the paper (4096 both)
     assert _model().predictor[0].out_features == 16
 
@@ -84,10 +84,10 @@ def test_predictor_only_on_the_online_side():
 def test_no_gradient_reaches_the_target_and_online_gets_one():
     model = _model()
     _perturb_target(model)
-    loss, _ = model(_views(), Progress(0, 5, 10))
+    loss, _, _ = model(_views(), Progress(0, 5, 10))
     loss.backward()
     for name, p in model.named_parameters():
-        if name.startswith("target_"):
+        if name.startswith("target."):
             assert not p.requires_grad and p.grad is None, name
         else:
             assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -98,38 +98,37 @@ def test_target_moves_only_in_on_step_end_by_the_ema_rule():
     _perturb_target(model)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
     prog = Progress(3, 5, 10)
-    tgt = lambda: {k: v.clone() for k, v in model.state_dict().items() if k.startswith("target_")
+    tgt = lambda: {k: v.clone() for k, v in model.state_dict().items() if k.startswith("target.")
                    and "running" not in k and "num_batches" not in k}
     before = tgt()
-    loss, _ = model(_views(), prog)
+    loss, _, _ = model(_views(), prog)
     loss.backward()
     opt.step()
     assert all(torch.equal(v, tgt()[k]) for k, v in before.items()), "forward/step moved the target"
     online = {k: v.clone() for k, v in model.state_dict().items()}
-    model.on_step_end(prog)
+    model.on_step_end(prog, {})
     after = tgt()
     tau = 0.9 + (1 - 0.9) * 0.5 * (1 - math.cos(math.pi * 3 / 9))  # step 3 of steps 0..9
-    assert target_momentum(0.9, prog) == pytest.approx(tau)
+    assert model.target.momentum(prog) == pytest.approx(tau)
     for k, v in before.items():
-        src = online[k.replace("target_backbone.", "backbone.").replace("target_projector.", "projector.")]
+        src = online[k.replace("target.0.", "backbone.").replace("target.1.", "projector.")]
         assert torch.allclose(after[k], tau * v + (1 - tau) * src, atol=1e-6), k
         assert not torch.equal(after[k], v), k
 
 
 def test_tau_runs_from_tau_base_to_exactly_one():
     total = 51  # steps 0..50: step 25 is half-way
-    taus = [target_momentum(0.99, Progress(s, 10, total)) for s in range(total)]
+    taus = [_model(tau_base=0.99).target.momentum(Progress(s, 10, total)) for s in (0, 25, 50)]
     assert taus[0] == 0.99 and taus[-1] == 1.0
-    assert all(a <= b for a, b in zip(taus, taus[1:]))
-    assert taus[25] == pytest.approx(0.995)  # half-way on the half cosine
+    assert taus[1] == pytest.approx(0.995)  # half-way on the half cosine
     model = _model(tau_base=0.97)
-    _, metrics = model(_views(), Progress(0, 10, total))
-    assert metrics["tau"].item() == pytest.approx(0.97)
+    _, metrics, _ = model(_views(), Progress(0, 10, total))
+    assert metrics["tau"] == pytest.approx(0.97)
     # tau 1 at the last step: on_step_end leaves the target as it is
     _perturb_target(model)
-    before = [p.clone() for p in model.target_backbone.parameters()]
-    model.on_step_end(Progress(total - 1, 10, total))
-    assert all(torch.equal(a, b) for a, b in zip(before, model.target_backbone.parameters()))
+    before = [p.clone() for p in model.target.parameters()]
+    model.on_step_end(Progress(total - 1, 10, total), {})
+    assert all(torch.equal(a, b) for a, b in zip(before, model.target.parameters()))
 
 
 def test_a_few_steps_lower_the_loss():
@@ -139,11 +138,11 @@ def test_a_few_steps_lower_the_loss():
     first = None
     for step in range(30):
         prog = Progress(step, 30, 30)
-        loss, _ = model(v, prog)
+        loss, _, _ = model(v, prog)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        model.on_step_end(prog)
+        model.on_step_end(prog, {})
         first = first if first is not None else loss.item()
     assert torch.isfinite(loss) and loss.item() < first
 

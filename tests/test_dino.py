@@ -8,8 +8,9 @@ from torch import nn
 
 from selfsup.backbones.vit import VisionTransformer
 from selfsup.config import ConfigError, load_config, view_configs
-from selfsup.methods.dino import DINO, DINOConfig, NormalizedLinear, dino_loss
-from selfsup.methods.schedules import Progress
+from selfsup.methods.dino import DINO, DINOConfig, dino_loss
+from selfsup.parts.heads import NormalizedLinear
+from selfsup.protocol import Progress
 from selfsup.views import multicrop
 
 
@@ -99,11 +100,11 @@ def test_centre_updates_only_in_on_step_end():
     old = model.center.clone()
     views = crops()
     p = Progress(5, 10, 100)
-    model(views, p)
+    out = model(views, p)
     assert torch.equal(model.center, old), "forward must not change the centre"
     with torch.no_grad():  # the teacher's outputs of that step, computed independently
-        t = model.teacher_head(model.teacher_backbone(torch.cat(views[:2])))
-    model.on_step_end(p)
+        t = model.teacher[1](model.teacher[0](torch.cat(views[:2])))
+    model.on_step_end(p, out.state)
     expected = 0.8 * old + 0.2 * t.mean(0, keepdim=True)
     assert torch.allclose(model.center, expected, atol=1e-6)
     assert "center" in model.state_dict()  # checkpointed
@@ -116,8 +117,8 @@ def test_teacher_temperature_warms_up_linearly():
     assert at(0) == pytest.approx(0.04)
     assert at(15) == pytest.approx(0.055)
     assert at(30) == pytest.approx(0.07) and at(100) == pytest.approx(0.07)
-    _, metrics = model(crops(n_local=0), Progress(150, 10, 10_000))
-    assert metrics["teacher_temp"].item() == pytest.approx(0.055)
+    metrics = model(crops(n_local=0), Progress(150, 10, 10_000)).metrics
+    assert metrics["teacher_temp"] == pytest.approx(0.055)
 
 
 @pytest.mark.parametrize("backbone", [TinyConvNet, tiny_vit])
@@ -127,12 +128,10 @@ def test_multicrop_shapes_and_teacher_sees_globals_only(backbone, n_local):
     model = DINO(small_cfg(), backbone())
     calls = []
     model.backbone.register_forward_hook(lambda m, i, o: calls.append(("s", tuple(i[0].shape))))
-    model.teacher_backbone.register_forward_hook(
+    model.teacher[0].register_forward_hook(
         lambda m, i, o: calls.append(("t", tuple(i[0].shape))))
     views = crops(b=6, n_local=n_local, g=8, l=4)
-    student = model.student_forward(views)
-    assert student.shape == (6 * (2 + n_local), 32)
-    loss, metrics = model(views, Progress(0, 10, 100))
+    loss, metrics, _ = model(views, Progress(0, 10, 100))
     teacher_in = [s for who, s in calls if who == "t"]
     student_in = [s for who, s in calls if who == "s"]
     assert teacher_in == [(12, 3, 8, 8)]  # the 2 global crops, one batch
@@ -147,24 +146,23 @@ def test_forward_backward_step(backbone):
     torch.manual_seed(0)
     model = DINO(small_cfg(freeze_last_layer=0), backbone())
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    t_before = {k: v.clone() for k, v in model.teacher_backbone.state_dict().items()}
+    t_before = {k: v.clone() for k, v in model.teacher[0].state_dict().items()}
     p = Progress(0, 10, 100)
-    loss, _ = model(crops(n_local=2), p)
+    loss, _, state = model(crops(n_local=2), p)
     loss.backward()
     model.on_after_backward(p)
-    assert all(q.grad is None for q in model.teacher_backbone.parameters())
-    assert all(q.grad is None for q in model.teacher_head.parameters())
+    assert all(q.grad is None for q in model.teacher.parameters())
     assert all(q.grad is not None and q.grad.abs().sum() > 0 for q in model.backbone.parameters()
                if q.ndim > 1)
     assert model.head.last_layer.weight.grad.abs().sum() > 0
     opt.step()
-    model.on_step_end(p)
+    model.on_step_end(p, state)
     # the teacher moved towards the student, and only a little (momentum 0.996)
-    moved = [k for k, v in model.teacher_backbone.state_dict().items()
+    moved = [k for k, v in model.teacher[0].state_dict().items()
              if v.is_floating_point() and not torch.equal(v, t_before[k])]
     assert moved
     w_s = dict(model.backbone.named_parameters())
-    for k, v in model.teacher_backbone.named_parameters():
+    for k, v in model.teacher[0].named_parameters():
         expected = 0.996 * t_before[k] + 0.004 * w_s[k].detach()
         assert torch.allclose(v, expected, atol=1e-6)
 
@@ -175,7 +173,7 @@ def test_last_layer_frozen_in_first_epoch_then_trained():
     for step, frozen in [(0, True), (9, True), (10, False), (25, False)]:
         model.zero_grad(set_to_none=True)
         p = Progress(step, 10, 100)
-        model(crops(), p)[0].backward()
+        model(crops(), p).loss.backward()
         model.on_after_backward(p)
         last = list(model.head.last_layer.parameters())
         assert len(last) == 2  # weight and the learnable norm g
@@ -205,8 +203,7 @@ def test_weight_normalised_last_layer():
 def test_use_bn_head_and_teacher_has_no_optimizer_params():
     model = DINO(small_cfg(use_bn=True, head_layers=3), TinyConvNet())
     assert sum(isinstance(m, nn.BatchNorm1d) for m in model.head.modules()) == 2
-    assert not any(q.requires_grad for q in model.teacher_backbone.parameters())
-    assert not any(q.requires_grad for q in model.teacher_head.parameters())
+    assert not any(q.requires_grad for q in model.teacher.parameters())
 
 
 def test_bad_views_and_config_are_refused(tmp_path):

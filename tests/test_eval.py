@@ -10,7 +10,8 @@ from torch import nn
 
 from selfsup.eval import KNNConfig, LinearConfig, extract_features, knn_accuracy, knn_votes, linear_probe
 from selfsup.eval.knn import topk_accuracy
-from selfsup.eval.linear import _standardise, stratified_split, train_heads
+from selfsup.eval.linear import _standardise, train_heads
+from selfsup.eval.subsets import stratified_subset
 
 
 # -- a stand-in backbone following the backbone contract ---------------------------------------
@@ -272,10 +273,56 @@ def test_linear_probe_weight_decay_search_prefers_regularisation_when_overfittin
     assert res["train_top1"] > res["top1"]
 
 
-def test_stratified_split():
+def test_stratified_subset_by_fraction_holds_out_each_class():
     y = torch.tensor([0] * 50 + [1] * 30 + [2] * 20 + [3])
-    fit, val = stratified_split(y, 0.1, seed=0)
+    val, fit = stratified_subset(y, 0, fraction=0.1)
     assert torch.bincount(y[val], minlength=4).tolist() == [5, 3, 2, 0]
     assert sorted(torch.cat([fit, val]).tolist()) == list(range(101))
-    assert torch.equal(val, stratified_split(y, 0.1, seed=0)[1])
-    assert not torch.equal(val, stratified_split(y, 0.1, seed=1)[1])
+    assert torch.equal(val, stratified_subset(y, 0, fraction=0.1)[0])
+    assert not torch.equal(val, stratified_subset(y, 1, fraction=0.1)[0])
+
+
+def test_stratified_subset_by_total_keeps_the_class_shares():
+    y = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)[torch.randperm(100, generator=torch.Generator().manual_seed(1))]
+    idx, rest = stratified_subset(y, 0, total=10)
+    assert len(idx) == 10 and len(set(idx.tolist())) == 10 and torch.equal(idx, idx.sort().values)
+    assert torch.bincount(y[idx], minlength=3).tolist() == [5, 3, 2] and len(rest) == 90
+    assert torch.equal(idx, stratified_subset(y, 0, total=10)[0])
+    assert not torch.equal(idx, stratified_subset(y, 1, total=10)[0])
+    odd = stratified_subset(y, 0, total=7)[0]  # 3.5 / 2.1 / 1.4: the largest remainders get the rest
+    assert len(odd) == 7 and torch.bincount(y[odd], minlength=3).tolist() == [4, 2, 1]
+    assert len(stratified_subset(y, 0, total=500)[0]) == 100
+
+
+def test_stratified_subset_per_class_and_nesting():
+    y = torch.tensor([0] * 50 + [1] * 30 + [2] * 3)
+    four = stratified_subset(y, 5, per_class=4)[0]
+    assert torch.bincount(y[four], minlength=3).tolist() == [4, 4, 3]  # class 2 has only 3
+    ten = stratified_subset(y, 5, per_class=10)[0]
+    assert set(four.tolist()) <= set(ten.tolist())  # same seed: the larger draw holds the smaller
+    with pytest.raises(ValueError, match="exactly one"):
+        stratified_subset(y, 0, per_class=4, fraction=0.1)
+
+
+def test_protocols_share_one_feature_extraction_per_split():
+    from selfsup.config import EvalConfig
+    from selfsup.data import ImageSet
+    from selfsup.eval import FeatureCache
+    from selfsup.eval.protocols import evaluate
+
+    torch.manual_seed(0)
+    net = TinyNet().eval()
+    y = torch.arange(40) % 4
+    train = ImageSet(_images(n=40), y, [str(c) for c in range(4)])
+    test = ImageSet(_images(n=12, seed=1), y[:12], [str(c) for c in range(4)])
+    ecfg = EvalConfig(linear=LinearConfig(epochs=2, wd_grid=[]))
+    cache = FeatureCache(net, MEAN, STD, batch_size=16)
+    res = evaluate(cache, train, test, ecfg, ["knn", "linear"])
+    assert set(res) == {"knn", "linear"} and cache.extractions == 2  # train once, test once
+    direct = extract_features(net, train.images, MEAN, STD)
+    torch.testing.assert_close(cache.features(train.images), direct)
+    assert cache.extractions == 2  # read back, not extracted again
+    both = cache.layers(test.images, ["block1", "block2"])  # several layers: one more pass
+    assert cache.extractions == 3 and both["block1"].shape == (12, 8)
+    cache.features(test.images, size=16)  # another resolution is another entry
+    assert cache.extractions == 4

@@ -14,8 +14,7 @@ from selfsup.cli import main
 from selfsup.config import ConfigError, build_config
 from selfsup.data import ImageSet, dataset_stats, load_dataset
 from selfsup.eval.features import extract_features
-from selfsup.eval.finetune import (Classifier, FinetuneConfig, build_optimizer, finetune, layer_depths,
-                                   stratified_subset)
+from selfsup.eval.finetune import Classifier, FinetuneConfig, finetune, finetune_optimizer, layer_depths
 from selfsup.eval.knn import topk_accuracy
 
 # Few steps at a high lr: a from-scratch 8-channel ResNet learns digits in ~40 steps.
@@ -45,7 +44,7 @@ def _lrs(model, opt):
 
 def test_layer_decay_groups_vit():
     model = Classifier(tiny_vit(pool="cls"), 10)
-    lrs = _lrs(model, build_optimizer(model, FinetuneConfig(layer_decay=0.5, weight_decay=0.05), peak=1.0))
+    lrs = _lrs(model, finetune_optimizer(model, FinetuneConfig(layer_decay=0.5, weight_decay=0.05), peak=1.0))
     # depth 0 embedding, 1..2 blocks, 3 final norm + head: lr = 0.5 ** (3 - depth)
     expect = {"backbone.patch_embed": 0.125, "backbone.cls_token": 0.125, "backbone.blocks.0.": 0.25,
               "backbone.blocks.1.": 0.5, "backbone.norm": 1.0, "head": 1.0}
@@ -60,7 +59,7 @@ def test_layer_decay_groups_vit():
 
 def test_layer_decay_groups_resnet():
     model = Classifier(tiny_resnet(), 10)
-    lrs = _lrs(model, build_optimizer(model, FinetuneConfig(layer_decay=0.5), peak=2.0))
+    lrs = _lrs(model, finetune_optimizer(model, FinetuneConfig(layer_decay=0.5), peak=2.0))
     depth = {"stem": 0, "layer1": 1, "layer2": 2, "layer3": 3, "layer4": 4}
     for name, (lr, wd) in lrs.items():
         parts = name.split(".")
@@ -71,21 +70,9 @@ def test_layer_decay_groups_resnet():
 
 def test_unknown_backbone_is_one_group_and_says_so():
     model = Classifier(LinearBackbone(), 3)
-    lrs = _lrs(model, build_optimizer(model, FinetuneConfig(layer_decay=0.5), peak=1.0))
+    lrs = _lrs(model, finetune_optimizer(model, FinetuneConfig(layer_decay=0.5), peak=1.0))
     assert {lr for lr, _ in lrs.values()} == {1.0}
     assert "not applied" in layer_depths(model.backbone)[2]
-
-
-def test_stratified_subset_is_exact_stratified_and_seeded():
-    y = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)[torch.randperm(100, generator=torch.Generator().manual_seed(1))]
-    idx = stratified_subset(y, 10, seed=0)
-    assert len(idx) == 10 and len(set(idx.tolist())) == 10 and torch.equal(idx, idx.sort().values)
-    assert torch.bincount(y[idx], minlength=3).tolist() == [5, 3, 2]
-    assert torch.equal(idx, stratified_subset(y, 10, seed=0))
-    assert not torch.equal(idx, stratified_subset(y, 10, seed=1))
-    odd = stratified_subset(y, 7, seed=0)  # 3.5 / 2.1 / 1.4: the largest remainders get the rest
-    assert len(odd) == 7 and torch.bincount(y[odd], minlength=3).tolist() == [4, 2, 1]
-    assert len(stratified_subset(y, 500, seed=0)) == 100
 
 
 def test_label_smoothing_is_used(digits, monkeypatch):

@@ -16,45 +16,51 @@ import torch
 from conftest import SHARED_DATA, needs_cifar10
 from selfsup.backbones.vit import patchify
 from selfsup.config import load_config
-from selfsup.methods.schedules import Progress
+from selfsup.protocol import Progress, hook
 from selfsup.train.trainer import Trainer
 
 pytestmark = [pytest.mark.slow, needs_cifar10]
 
-SHORT = ["data.subset=2000", "trainer.batch_size=128", "trainer.epochs=2", "trainer.warmup_epochs=0.3",
+# The quick recipes' 128-wide ViT/4 cut to 2 blocks, on 2,000 images in steps of 128.
+SHORT = ["data.subset=2000", "trainer.batch_size=128", "trainer.warmup_epochs=0.3", "backbone.depth=2",
          "trainer.knn_every=-1", "trainer.progress=false", "trainer.checkpoint_every=100"]
 TOKENS = ["method.vocab_size=128", "method.tokenizer_images=1000", "method.tokenizer_patches=10000"]
 
-# Measured on the 2-core CPU (held-out loss, random init -> trained, 30 steps of 128 images):
-# MAE 2.17 -> 0.86, BEiT 4.89 -> 4.45 (token accuracy 5.4 %), SplitMask 11.08 -> 7.89.
-CASES = {"mae": 0.5, "beit": 0.2, "splitmask": 1.5}  # the drop in held-out loss to clear
+# method -> (its changes, the drop in held-out loss to clear). Measured on the 2-core CPU at
+# seeds 0 and 1 (held-out loss at random init -> trained): MAE, 30 steps: 2.005 -> 0.864 and
+# MAE_SEED1; BEiT, 15 steps: 4.871 -> 4.604 and 4.875 -> 4.605 (token accuracy above the majority
+# token's share); SplitMask, 15 steps with a 1-block decoder: 11.165 -> 8.545 and 11.146 -> 8.762.
+CASES = {"mae": (["trainer.epochs=2"], 0.5),
+         "beit": (["trainer.epochs=1"], 0.13),
+         "splitmask": (["trainer.epochs=1", "method.decoder_depth=1"], 1.2)}
 
 
 def held_out_loss(trainer: Trainer, images: torch.Tensor) -> tuple[float, dict]:
     views = trainer.make_views(images, aug_seed=12345)  # the same crops and masks every call
     model = trainer.model.eval()
     with torch.no_grad():
-        loss, metrics = model(views, Progress(0, 1, 1))
+        loss, metrics, _ = model(views, Progress(0, 1, 1))
     model.train()
-    return float(loss), {k: float(v) for k, v in metrics.items()}
+    return float(loss), {k: float(v) for k, v in (metrics or {}).items()}
 
 
 @pytest.mark.parametrize("method", sorted(CASES))
 def test_masked_model_learns_its_task_on_held_out_images(tmp_path, method):
-    overrides = [f"data.root={SHARED_DATA}", *SHORT, *([] if method == "mae" else TOKENS),
+    changes, margin = CASES[method]
+    overrides = [f"data.root={SHARED_DATA}", *SHORT, *changes, *([] if method == "mae" else TOKENS),
                  f"trainer.out={tmp_path}"]
     cfg = load_config(f"quick_cifar10_{method}", overrides)
     trainer = Trainer(cfg, run_dir=tmp_path / "run")
     pick = torch.randperm(len(trainer.test_set), generator=torch.Generator().manual_seed(0))[:256]
     held_out = trainer.test_set.images[pick]
-    if hasattr(trainer.model, "init_from_data"):  # the codebook, as training would build it
-        trainer.model.init_from_data(lambda k: trainer.sample_views(k, cfg.trainer.seed),
-                                     seed=cfg.trainer.seed)
+    init = hook(trainer.model, "init_from_data")
+    if init:  # the codebook, as training would build it
+        init(lambda k: trainer.sample_views(k, cfg.trainer.seed), seed=cfg.trainer.seed)
     before, _ = held_out_loss(trainer, held_out)
     trainer.fit()
     after, metrics = held_out_loss(trainer, held_out)
     print(f"{method}: held-out loss {before:.3f} at random init -> {after:.3f} trained; {metrics}")
-    assert after < before - CASES[method]
+    assert after < before - margin
     if method == "mae":
         assert after < 0.95  # below predicting each normalised patch's mean (47/48 for 4x4x3)
     else:

@@ -9,14 +9,14 @@ from PIL import Image
 
 from conftest import tiny_config
 from selfsup.backbones import BackboneConfig, build_backbone
-from selfsup.backbones.vit import VisionTransformer, patchify
+from selfsup.backbones.vit import patchify
 from selfsup.config import ConfigError
 from selfsup.methods.beit import BEiT, BEiTConfig
 from selfsup.methods.mae import MAE, MAEConfig, mae_loss
-from selfsup.methods.schedules import Progress
-from selfsup.methods.simclr import nt_xent
+from selfsup.protocol import Progress
+from selfsup.losses import nt_xent
 from selfsup.methods.splitmask import SplitMask, SplitMaskConfig, split_halves
-from selfsup.methods.tokenizers import PatchTokenizer, kmeans
+from selfsup.parts.tokenizers import PatchTokenizer, kmeans
 from selfsup.train.trainer import Trainer
 from selfsup.views.masks import block_order, mask_from_order, num_visible, random_order
 
@@ -227,7 +227,7 @@ def test_mae_forward_matches_a_direct_computation():
     model = MAE(MAEConfig(mask_ratio=0.75, decoder_dim=16, decoder_depth=1, decoder_heads=2), small_vit())
     x = torch.randn(2, 3, 16, 16)
     x_, order = model.prepare([x], gen())
-    loss, _ = model([x_, order], P0)
+    loss, _, _ = model([x_, order], P0)
     visible = order[:, :4]
     dec = model.decoder
     tok = dec.embed(model.backbone.forward_tokens(x, keep=visible))
@@ -253,7 +253,7 @@ def test_beit_loss_is_cross_entropy_on_masked_positions():
     model = tokens_ready(BEiT(BEiTConfig(vocab_size=32), small_vit()))
     x = torch.randn(2, 3, 16, 16)
     x_, order = model.prepare([x], gen())
-    loss, metrics = model([x_, order], P0)
+    loss, metrics, _ = model([x_, order], P0)
     mask = mask_from_order(order, num_visible(16, 0.4))
     out = model.backbone.forward_tokens(x, mask=mask, mask_token=model.mask_token)
     logits = model.head(out)
@@ -270,7 +270,7 @@ def test_splitmask_loss_matches_a_direct_computation():
     model = tokens_ready(SplitMask(cfg, small_vit()))
     x = torch.randn(4, 3, 16, 16)
     x_, order = model.prepare([x], gen())
-    loss, metrics = model([x_, order], P0)
+    loss, metrics, _ = model([x_, order], P0)
     ids = model.tokenizer(patchify(x, 4))
     a, b = order[:, :8], order[:, 8:]
     mims, descs = [], []

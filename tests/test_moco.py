@@ -14,7 +14,7 @@ from selfsup.config import ConfigError, build_config
 from selfsup.methods.mocov2 import (MoCoV2, MoCoV2Config, moco_infonce, shuffle_indices,
                                     shuffled_keys)
 from selfsup.methods.mocov3 import MoCoV3, MoCoV3Config, mocov3_contrastive
-from selfsup.methods.schedules import Progress
+from selfsup.protocol import Progress
 
 
 # -- losses ----------------------------------------------------------------------------------
@@ -138,7 +138,7 @@ def test_mocov2_forward_is_infonce_of_query_encoder_against_key_encoder():
     model = _mocov2()
     _perturb_teacher(model)
     x1, x2 = _views()
-    loss, metrics = model([x1, x2], Progress(0, 5, 10))
+    loss, metrics, _ = model([x1, x2], Progress(0, 5, 10))
     q = model.projector(model.backbone(x1))
     with torch.no_grad():
         k = model.teacher[1](model.teacher[0](x2))
@@ -157,19 +157,19 @@ def test_mocov2_queue_gets_this_steps_keys_only_in_on_step_end():
     with torch.no_grad():
         keys = F.normalize(model.teacher(x2), dim=1)  # the key encoder before its momentum step
     before = model.queue.features.clone()
-    loss, _ = model([x1, x2], Progress(0, 5, 10))
-    _sgd_step(model, loss)
+    out = model([x1, x2], Progress(0, 5, 10))
+    _sgd_step(model, out.loss)
     assert torch.equal(model.queue.features, before) and model.queue.ptr.item() == 0
-    model.on_step_end(Progress(0, 5, 10))
+    model.on_step_end(Progress(0, 5, 10), out.state)
     assert torch.allclose(model.queue.features[:6], keys, atol=1e-6)
     assert torch.equal(model.queue.features[6:], before[6:]) and model.queue.ptr.item() == 6
     # The next step's 6 keys wrap around the end of the 10-entry queue.
     x3, x4 = _views(b=6, seed=2)
     with torch.no_grad():
         keys2 = F.normalize(model.teacher(x4), dim=1)
-    loss, _ = model([x3, x4], Progress(1, 5, 10))
-    _sgd_step(model, loss)
-    model.on_step_end(Progress(1, 5, 10))
+    out = model([x3, x4], Progress(1, 5, 10))
+    _sgd_step(model, out.loss)
+    model.on_step_end(Progress(1, 5, 10), out.state)
     assert torch.allclose(model.queue.features[[6, 7, 8, 9, 0, 1]], keys2, atol=1e-6)
     assert torch.allclose(model.queue.features[2:6], keys[2:6]) and model.queue.ptr.item() == 2
 
@@ -178,7 +178,7 @@ def test_mocov2_symmetric_uses_both_views_and_enqueues_both_keys():
     model = _mocov2(symmetric=True)
     _perturb_teacher(model)
     x1, x2 = _views(b=5)
-    loss, _ = model([x1, x2], Progress(0, 5, 10))
+    loss, _, state = model([x1, x2], Progress(0, 5, 10))
     online = lambda v: model.projector(model.backbone(v)).detach()
     with torch.no_grad():
         k1, k2 = model.teacher(x1), model.teacher(x2)
@@ -186,7 +186,7 @@ def test_mocov2_symmetric_uses_both_views_and_enqueues_both_keys():
     ref = (reference_infonce(online(x1), k2, queue, 0.2)[0]
            + reference_infonce(online(x2), k1, queue, 0.2)[0]) / 2
     assert abs(loss.item() - ref) < 1e-5
-    model.on_step_end(Progress(0, 5, 10))
+    model.on_step_end(Progress(0, 5, 10), state)
     assert torch.allclose(model.queue.features[:10], F.normalize(torch.cat([k2, k1]), dim=1), atol=1e-6)
     assert model.queue.ptr.item() == 10
 
@@ -196,12 +196,12 @@ def test_momentum_encoder_follows_the_ema_rule_after_the_step_only(make):
     model = make(momentum=0.9, momentum_end=0.9)
     _perturb_teacher(model)
     teacher_before = _params(model.teacher)
-    loss, _ = model(_views(), Progress(3, 5, 10))
+    loss, _, state = model(_views(), Progress(3, 5, 10))
     _sgd_step(model, loss)
     assert all(torch.equal(a, b) for a, b in zip(teacher_before, _params(model.teacher)))
     student = _params(model.backbone) + _params(model.projector)
     assert not all(torch.equal(a, b) for a, b in zip(student, _params(model.teacher)))
-    model.on_step_end(Progress(3, 5, 10))
+    model.on_step_end(Progress(3, 5, 10), state)
     for t_old, s, t_new in zip(teacher_before, student, _params(model.teacher)):
         assert torch.allclose(t_new, 0.9 * t_old + 0.1 * s, atol=1e-6)
     if isinstance(model, MoCoV3):  # the predictor has no momentum copy
@@ -210,23 +210,24 @@ def test_momentum_encoder_follows_the_ema_rule_after_the_step_only(make):
 
 
 def test_momentum_schedules():
-    v3 = _mocov3()
+    v3 = _mocov3().teacher
     assert v3.momentum(Progress(0, 10, 100)) == 0.99
     assert v3.momentum(Progress(99, 10, 100)) == 1.0  # the last step
     assert abs(v3.momentum(Progress(50, 10, 101)) - 0.995) < 1e-12  # half-way, half-way
     ms = [v3.momentum(Progress(s, 10, 100)) for s in range(100)]
     assert all(a <= b for a, b in zip(ms, ms[1:]))
     # MoCo v2: constant by default, a cosine only when asked.
-    assert _mocov2().momentum(Progress(0, 10, 100)) == _mocov2().momentum(Progress(99, 10, 100)) == 0.999
-    cos = _mocov2(momentum=0.99, momentum_end=0.999)
+    v2 = _mocov2().teacher
+    assert v2.momentum(Progress(0, 10, 100)) == v2.momentum(Progress(99, 10, 100)) == 0.999
+    cos = _mocov2(momentum=0.99, momentum_end=0.999).teacher
     assert cos.momentum(Progress(0, 10, 100)) == 0.99 and cos.momentum(Progress(99, 10, 100)) == 0.999
     # A momentum of 1 freezes the teacher.
     model = _mocov3()
     before = _params(model.teacher)
-    loss, metrics = model(_views(), Progress(99, 10, 100))
-    assert metrics["momentum"].item() == 1.0
+    loss, metrics, state = model(_views(), Progress(99, 10, 100))
+    assert metrics["momentum"] == 1.0
     _sgd_step(model, loss)
-    model.on_step_end(Progress(99, 10, 100))
+    model.on_step_end(Progress(99, 10, 100), state)
     assert all(torch.equal(a, b) for a, b in zip(before, _params(model.teacher)))
 
 
@@ -234,13 +235,13 @@ def test_mocov3_forward_is_the_symmetrised_loss():
     model = _mocov3(temperature=0.2)
     _perturb_teacher(model)
     x1, x2 = _views()
-    loss, _ = model([x1, x2], Progress(0, 5, 10))
+    loss = model([x1, x2], Progress(0, 5, 10)).loss
     online = lambda v: model.predictor(model.projector(model.backbone(v))).detach()
     with torch.no_grad():
         k1, k2 = model.teacher(x1), model.teacher(x2)
     expected = reference_mocov3(online(x1), k2, 0.2, 0) + reference_mocov3(online(x2), k1, 0.2, 0)
     assert abs(loss.item() - expected) < 1e-5
-    swapped, _ = model([x2, x1], Progress(0, 5, 10))
+    swapped = model([x2, x1], Progress(0, 5, 10)).loss
     assert abs(loss.item() - swapped.item()) < 1e-5
 
 
@@ -273,13 +274,13 @@ def test_step_on_resnet_and_vit(method, backbone):
         model = MoCoV3(MoCoV3Config(proj_hidden=32, proj_dim=16, temperature=0.2), backbone())
     x1, x2 = _views(b=8, size=8)
     progress = Progress(0, 2, 4)
-    loss, metrics = model([x1, x2], progress)
+    loss, metrics, state = model([x1, x2], progress)
     assert torch.isfinite(loss)
     _sgd_step(model, loss)
     grads = [p.grad for p in model.backbone.parameters() if p.requires_grad]
     assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
     teacher = _params(model.teacher)
-    model.on_step_end(progress)
+    model.on_step_end(progress, state)
     assert not all(torch.equal(a, b) for a, b in zip(teacher, _params(model.teacher)))
     if method == "mocov2":
         assert model.queue.ptr.item() == 16
@@ -289,9 +290,9 @@ def test_mocov3_frozen_patch_projection():
     torch.manual_seed(0)
     model = MoCoV3(MoCoV3Config(proj_hidden=32, proj_dim=16, freeze_patch_embed=True), _vit())
     frozen = _params(model.backbone.patch_embed)
-    loss, _ = model(_views(b=8, size=8), Progress(0, 2, 4))
+    loss, _, state = model(_views(b=8, size=8), Progress(0, 2, 4))
     _sgd_step(model, loss)
-    model.on_step_end(Progress(0, 2, 4))
+    model.on_step_end(Progress(0, 2, 4), state)
     assert all(torch.equal(a, b) for a, b in zip(frozen, _params(model.backbone.patch_embed)))
     assert all(torch.equal(a, b) for a, b in zip(frozen, _params(model.teacher[0].patch_embed)))
     with pytest.raises(ValueError, match="method.freeze_patch_embed"):
@@ -427,8 +428,7 @@ def test_mocov2_keys_under_ddp_follow_shuffle_bn(monkeypatch, shuffle_bn):
     progress = Progress(7, 5, 10)
 
     def step(r):
-        models[r]([x1[r * 4:(r + 1) * 4], x2[r * 4:(r + 1) * 4]], progress)
-        return models[r]._keys
+        return models[r]([x1[r * 4:(r + 1) * 4], x2[r * 4:(r + 1) * 4]], progress).state["keys"]
 
     keys = torch.cat(ranks.run(step))
     with torch.no_grad():

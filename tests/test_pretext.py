@@ -9,7 +9,7 @@ from selfsup.methods.damaged_jigsaw import DamagedJigsaw, DamagedJigsawConfig
 from selfsup.methods.jigsaw import Jigsaw, JigsawConfig
 from selfsup.methods.relpatch import RelPatch, RelPatchConfig
 from selfsup.methods.rotation import Rotation, RotationConfig
-from selfsup.methods.schedules import Progress
+from selfsup.protocol import Progress
 from selfsup.views.pretext import (GREEN_MAGENTA, cut_tiles, draw_channel_shifts, drop_colours,
                                    grid_positions, hamming, normalize_tiles, permutation_set,
                                    permute_tiles, project_green_magenta, remove_colour, rotations)
@@ -63,7 +63,7 @@ def test_rotation_method_sees_all_four_and_scores_accuracy():
     m = Rotation(RotationConfig(head_hidden=8), SmallCNN(1))
     images, targets = m.prepare([torch.randn(5, 1, 8, 8)], gen())
     assert images.shape == (20, 1, 8, 8) and torch.bincount(targets).tolist() == [5] * 4
-    loss, metrics = m([images, targets], Progress(0, 1, 1))
+    loss, metrics, _ = m([images, targets], Progress(0, 1, 1))
     assert loss.ndim == 0 and 0 <= metrics["rot_acc"] <= 1
 
 
@@ -188,7 +188,7 @@ def test_jigsaw_inputs_follow_the_drawn_permutation():
     corner = tiles.view(4, 9, 3, 5, 5)[:, :, 0, 0, 0]
     cell = ((corner % 100_000) // 1000 // 6) * 3 + (corner % 1000) // 6  # the cell each slot shows
     assert torch.equal(cell.long(), m.permutations[idx])
-    loss, metrics = m([tiles, idx], Progress(0, 1, 1))
+    loss, metrics, _ = m([tiles, idx], Progress(0, 1, 1))
     assert loss.ndim == 0 and "perm_acc" in metrics
     t = normalize_tiles(torch.randn(3, 9, 3, 5, 5) * 4 + 2)
     assert t.mean((-2, -1)).abs().max() < 1e-5 and (t.std((-2, -1), unbiased=False) - 1).abs().max() < 1e-4
@@ -207,7 +207,7 @@ def test_damaged_jigsaw_removes_one_tile_and_the_colour():
         assert torch.equal(grey[b, kept, 0], grey[b, kept, 1])  # no colour left
         assert torch.equal(grey[b, kept, 1], grey[b, kept, 2])
     assert not torch.equal(colour[:, 0], colour[:, 1])  # the targets keep it
-    loss, metrics = m([grey.flatten(0, 1), idx, missing, colour], Progress(0, 1, 1))
+    loss, metrics, _ = m([grey.flatten(0, 1), idx, missing, colour], Progress(0, 1, 1))
     assert {"perm_acc", "inpaint_mse", "color_mse"} <= set(metrics)
     loss.backward()
     assert m.inpainter.weight.grad.abs().sum() > 0 and m.colouriser.weight.grad.abs().sum() > 0
@@ -269,13 +269,13 @@ def test_defences_remove_a_planted_shortcut(kind, defence):
         g = gen(1)
         for _ in range(60):
             batch = m.prepare([planted_cue(kind, 16, g)], g)
-            loss, _ = m(batch, Progress(0, 1, 1))
+            loss, _, _ = m(batch, Progress(0, 1, 1))
             opt.zero_grad()
             loss.backward()
             opt.step()
         m.eval()
         with torch.no_grad():
-            acc[aberration] = m(m.prepare([planted_cue(kind, 128, g)], g), Progress(0, 1, 1))[1]["pos_acc"]
+            acc[aberration] = m(m.prepare([planted_cue(kind, 128, g)], g), Progress(0, 1, 1)).metrics["pos_acc"]
     assert acc["none"] > 0.6, acc  # the shortcut is there to be taken
     assert acc[defence] < 0.3, acc  # and the defence takes it away
 
@@ -285,7 +285,7 @@ def test_damaged_jigsaw_on_grey_images_trains_every_parameter():
                               head_hidden=8, decode_size=3)
     m = DamagedJigsaw(cfg, SmallCNN(1))
     assert m.colouriser is None  # no colour to restore, and DDP wants a gradient for every weight
-    loss, metrics = m(m.prepare([torch.randn(4, 1, 17, 17)], gen()), Progress(0, 1, 1))
+    loss, metrics, _ = m(m.prepare([torch.randn(4, 1, 17, 17)], gen()), Progress(0, 1, 1))
     loss.backward()
     assert all(p.grad is not None for p in m.parameters())
     assert metrics["color_mse"] == 0

@@ -1,5 +1,5 @@
-"""The pieces methods share: schedules, EMA teachers, the feature queue, MLP heads, extra views,
-and the trainer's weight-decay schedule."""
+"""The pieces methods share: schedules, the EMA teacher, the feature queue, MLP heads, the
+multi-crop runner, extra views, and the trainer's weight-decay schedule."""
 
 import math
 
@@ -7,11 +7,14 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import tiny_config
 from selfsup.config import ConfigError, build_config, load_config, view_configs
-from selfsup.methods.ema import ema_update, make_teacher
-from selfsup.methods.heads import mlp
-from selfsup.methods.queue import FeatureQueue
-from selfsup.methods.schedules import Progress, cosine_schedule, warmup_schedule
+from selfsup.parts.heads import mlp
+from selfsup.parts.multicrop import encode_crops, resolution_runs
+from selfsup.parts.queue import FeatureQueue
+from selfsup.parts.teacher import EMATeacher
+from selfsup.protocol import Progress
+from selfsup.schedules import cosine_schedule, warmup_cosine, warmup_schedule
 from selfsup.views import build_view_set
 
 
@@ -45,30 +48,44 @@ def _net():
     return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
 
 
-def test_teacher_is_a_frozen_copy():
-    student = _net()
-    teacher = make_teacher(student)
+def test_teacher_is_a_frozen_copy_of_the_chain():
+    backbone, head = _net(), nn.Linear(2, 3)
+    teacher = EMATeacher(backbone, head, momentum=0.9)
     assert all(not p.requires_grad for p in teacher.parameters())
-    assert all(p.requires_grad for p in student.parameters())
-    for a, b in zip(teacher.parameters(), student.parameters()):
+    assert all(p.requires_grad for p in [*backbone.parameters(), *head.parameters()])
+    for a, b in zip(teacher.parameters(), [*backbone.parameters(), *head.parameters()]):
         assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+    x = torch.randn(5, 4)
+    assert torch.equal(teacher(x), head(backbone(x)))  # the chain, in order
+    assert set(teacher.state_dict()) == {f"0.{k}" for k in backbone.state_dict()} | {"1.weight", "1.bias"}
+    parent = nn.Module()
+    parent.backbone, parent.teacher = backbone, teacher
+    assert not any(k.startswith("teacher.students") for k in parent.state_dict())  # not saved twice
 
 
-def test_ema_update_end_points_and_rule():
-    student, teacher = _net(), make_teacher(_net())
+def test_teacher_update_follows_the_ema_rule_and_its_schedule():
+    student = _net()
+    teacher = EMATeacher(student, momentum=0.9, momentum_end=1.0)
     with torch.no_grad():
         for p in student.parameters():
             p.add_(1.0)
     before = [p.clone() for p in teacher.parameters()]
-    ema_update(teacher, student, 1.0)
-    assert all(torch.equal(a, b) for a, b in zip(teacher.parameters(), before))
-    ema_update(teacher, student, 0.9)
+    assert teacher.update(Progress(0, 10, 11)) == 0.9  # the first update: the start momentum
     for t, t0, s in zip(teacher.parameters(), before, student.parameters()):
         assert torch.allclose(t, 0.9 * t0 + 0.1 * s, atol=1e-6)
-    ema_update(teacher, student, 0.0)
-    assert all(torch.equal(t, s) for t, s in zip(teacher.parameters(), student.parameters()))
-    with pytest.raises(ValueError, match="parameters"):
-        ema_update(teacher, nn.Linear(4, 8), 0.5)
+    middle = [p.clone() for p in teacher.parameters()]
+    assert teacher.update(Progress(10, 10, 11)) == 1.0  # the last: exactly 1, the teacher stays
+    assert all(torch.equal(a, b) for a, b in zip(teacher.parameters(), middle))
+    assert math.isclose(teacher.momentum(Progress(5, 10, 11)), 0.95)
+    constant = EMATeacher(student, momentum=0.0)  # MoCo v2's constant momentum; 0 copies
+    assert constant.momentum(Progress(7, 10, 11)) == 0.0
+    with torch.no_grad():
+        for p in student.parameters():
+            p.mul_(3.0)
+    constant.update(Progress(7, 10, 11))
+    assert all(torch.equal(t, s) for t, s in zip(constant.parameters(), student.parameters()))
+    with pytest.raises(ValueError, match="momentum"):
+        EMATeacher(student, momentum=1.5)
 
 
 def test_queue_fifo_contents():
@@ -108,6 +125,31 @@ def test_mlp_shapes_and_options():
         mlp(16, 32, 8, layers=0)
 
 
+def test_multicrop_encodes_each_resolution_once_in_view_order():
+    views = [torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8), torch.randn(2, 3, 4, 4),
+             torch.randn(2, 3, 4, 4), torch.randn(2, 3, 8, 8)]
+    assert resolution_runs(views) == [(0, 2), (2, 4), (4, 5)]
+    calls = []
+
+    def encoder(x):
+        calls.append(x.shape[0])
+        return x.mean(dim=(1, 2, 3)).unsqueeze(1)  # [N, 1]
+
+    out = encode_crops(encoder, views)
+    assert calls == [4, 4, 2]  # one batch per run of same-size crops
+    assert torch.equal(out, torch.cat([v.mean(dim=(1, 2, 3)) for v in views]).unsqueeze(1))
+
+
+def test_warmup_cosine_learning_rate():
+    peak, floor = 1.0, 0.1
+    assert math.isclose(warmup_cosine(0, 100, 10, peak, floor), 0.1)
+    assert math.isclose(warmup_cosine(9, 100, 10, peak, floor), peak)
+    assert math.isclose(warmup_cosine(10, 100, 10, peak, floor), peak)
+    assert math.isclose(warmup_cosine(100, 100, 10, peak, floor), floor)
+    assert math.isclose(warmup_cosine(55, 100, 10, peak, floor), floor + (peak - floor) / 2)
+    assert math.isclose(warmup_cosine(0, 100, 0, peak, floor), peak)
+
+
 def test_extra_views_are_changes_to_views_and_give_multi_crop_shapes():
     cfg = build_config({"views": {"n_views": 1, "size": 24, "blur_p": 1.0},
                         "extra_views": [{"blur_p": 0.1, "solarize_p": 0.2},
@@ -132,18 +174,15 @@ def test_bad_extra_views_name_the_entry():
 def test_weight_decay_follows_its_cosine_schedule(tmp_path):
     from selfsup.train.trainer import Trainer
 
-    cfg = load_config("quick", ["backbone.width=0.125", "views.size=16", "trainer.batch_size=64",
-                                "trainer.epochs=2", "trainer.optimizer=adamw",
-                                "trainer.weight_decay=0.04", "trainer.weight_decay_end=0.4",
-                                "trainer.progress=false", "trainer.knn_every=-1",
-                                "method.proj_hidden=32", "method.proj_dim=16",
-                                f"trainer.out={tmp_path}"])
+    cfg = tiny_config("simclr", "trainer.epochs=2", "trainer.optimizer=adamw",
+                      "trainer.weight_decay=0.04", "trainer.weight_decay_end=0.4",
+                      f"trainer.out={tmp_path}")
     trainer = Trainer(cfg, run_dir=tmp_path / "run")
     seen = []
     for step in (0, trainer.total_steps // 2, trainer.total_steps):
         trainer.step = step
         trainer.set_schedules()
-        seen.append([g["weight_decay"] for g in trainer.optimizer.param_groups])
+        seen.append([g["weight_decay"] for g in trainer.sets[0].optimizer.param_groups])
     assert seen[0] == [0.04, 0.0]  # biases and norms stay undecayed
     assert math.isclose(seen[1][0], 0.22) and seen[1][1] == 0.0
     assert math.isclose(seen[2][0], 0.4)

@@ -1,4 +1,5 @@
-"""The training loop for every registered method: steps, checkpoints, exact resume, NaN stop."""
+"""The training loop for every registered method: steps, checkpoints, exact resume, NaN stop, and
+the mechanism for several parameter sets (the two-player test method, tests/two_player.py)."""
 
 import os
 import signal
@@ -11,47 +12,18 @@ import pytest
 import torch
 
 from conftest import TINY, tiny_config
-from selfsup.config import ConfigError, load_config
+from selfsup.config import ConfigError
 from selfsup.methods import METHODS
-from selfsup.methods.schedules import Progress
+from selfsup.protocol import Output, Progress
 from selfsup.run import load_encoder
 from selfsup.train.checkpoint import latest_checkpoint, load_checkpoint
 from selfsup.train.runlog import read_metrics
-from selfsup.train.trainer import Trainer, TrainingDiverged
+from selfsup.train.step import TrainingDiverged
+from selfsup.train.trainer import Trainer
 
 
 def tiny(tmp_path, *extra, method="simclr"):
     return tiny_config(method, f"trainer.out={tmp_path}", *extra)
-
-
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_trains_and_round_trips(tmp_path, method):
-    cfg = tiny(tmp_path, "trainer.knn_every=0", method=method)
-    trainer = Trainer(cfg, run_dir=tmp_path / "run")
-    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    run = trainer.fit()
-    after = trainer.model.state_dict()
-    assert any(not torch.equal(before[k], after[k]) for k in before), "no weight changed"
-    rows = read_metrics(run, "train")
-    assert rows and all(r["loss"] == r["loss"] for r in rows)
-    assert read_metrics(run, "knn")[-1]["top1"] > 10.0  # digits, 10 classes: above chance
-    for name in ("config.yaml", "encoder.safetensors", "normalization.json"):
-        assert (run / name).exists()
-    assert list((run / "tb").iterdir()), "no TensorBoard events"
-
-    # Checkpoint round trip: a fresh model loaded from disk computes the same loss.
-    weights, state = load_checkpoint(latest_checkpoint(run / "checkpoints"))
-    assert state["step"] == trainer.total_steps
-    fresh = Trainer(cfg, run_dir=run)
-    assert fresh.resume() and fresh.step == trainer.total_steps
-    views = trainer.make_views(trainer.images[:8], aug_seed=0)
-    trainer.model.eval(), fresh.model.eval()
-    with torch.no_grad():
-        p = Progress(0, 1, 1)
-        assert torch.equal(trainer.model(views, p)[0], fresh.model(views, p)[0])
-    encoder = load_encoder(run, cfg, in_channels=1)
-    for k, v in encoder.state_dict().items():
-        assert torch.equal(v, after[f"backbone.{k}"])
 
 
 class _Killed(Exception):
@@ -59,31 +31,55 @@ class _Killed(Exception):
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_resumes_exactly(tmp_path, method):
-    """Stopped right after a mid-run checkpoint and resumed, a run ends with the weights, teacher,
-    queue and centre of an uninterrupted one."""
-    cfg = tiny(tmp_path, "trainer.epochs=2", "trainer.checkpoint_every_steps=7",
-               "trainer.checkpoint_every=100", "trainer.knn_every=-1", method=method)
+def test_every_method_trains_round_trips_and_resumes_exactly(tmp_path, method):
+    """Half an epoch (11 steps) of every method: the weights move, the run folder is complete, a
+    checkpoint loads into a fresh model that computes the same loss, and a run stopped right
+    after a mid-run checkpoint and resumed ends with the weights, teachers, queues and centres
+    of the uninterrupted one."""
+    cfg = tiny(tmp_path, "trainer.epochs=0.5", "trainer.knn_every=0",
+               "trainer.checkpoint_every_steps=3", "trainer.checkpoint_every=100", method=method)
     whole = Trainer(cfg, run_dir=tmp_path / "whole")
-    whole.fit()
+    before = {k: v.clone() for k, v in whole.model.state_dict().items()}
+    run = whole.fit()
+    after = whole.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "no weight changed"
+    assert read_metrics(run, "train") and read_metrics(run, "knn")
+    for name in ("config.yaml", "encoder.safetensors", "normalization.json"):
+        assert (run / name).exists()
+    assert list((run / "tb").iterdir()), "no TensorBoard events"
 
+    # Checkpoint round trip: a fresh model loaded from disk computes the same loss.
+    _, state = load_checkpoint(latest_checkpoint(run / "checkpoints"))
+    assert state["step"] == whole.total_steps
+    fresh = Trainer(cfg, run_dir=run)
+    assert fresh.resume() and fresh.step == whole.total_steps
+    views = whole.make_views(whole.images[:8], aug_seed=0)
+    whole.model.eval(), fresh.model.eval()
+    with torch.no_grad():
+        p = Progress(0, 1, 1)
+        assert torch.equal(whole.model(views, p).loss, fresh.model(views, p).loss)
+    encoder = load_encoder(run, cfg, in_channels=1)
+    for k, v in encoder.state_dict().items():
+        assert torch.equal(v, after[f"backbone.{k}"])
+
+    # Exact resume from the step-6 checkpoint.
     cut = Trainer(cfg, run_dir=tmp_path / "cut")
     save = cut.save
 
     def save_then_die():
         save()
-        if cut.step == 14:
+        if cut.step == 6:
             raise _Killed
 
     cut.save = save_then_die
     with pytest.raises(_Killed):
         cut.fit()
     resumed = Trainer(cfg, run_dir=tmp_path / "cut")
-    assert resumed.resume() and resumed.step == 14
+    assert resumed.resume() and resumed.step == 6
     resumed.fit()
-    a, b = whole.model.state_dict(), resumed.model.state_dict()
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+    end = resumed.model.state_dict()
+    for k in after:
+        assert torch.equal(after[k], end[k]), f"{k} differs after resume"
 
 
 def _cli(*args):
@@ -96,7 +92,7 @@ def _final_weights(run: Path) -> dict:
 
 
 def test_resume_after_kill_gives_the_same_weights(tmp_path):
-    common = [*TINY, "trainer.epochs=3", "trainer.checkpoint_every_steps=4", f"trainer.out={tmp_path}"]
+    common = [*TINY, "trainer.epochs=1", "trainer.checkpoint_every_steps=4", f"trainer.out={tmp_path}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     whole = tmp_path / "whole"
     subprocess.run(_cli("pretrain", "--run-dir", str(whole), *common, "trainer.threads=1"),
@@ -120,16 +116,29 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path):
         assert torch.equal(a[k], b[k]), f"{k} differs after resume"
 
 
-def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
-    cfg = tiny(tmp_path, "trainer.epochs=3", "trainer.lr=1e30", "trainer.optimizer=sgd",
-               "trainer.log_every=1", "trainer.checkpoint_every_steps=1")
+def _poison(trainer: Trainer, from_step: int) -> None:
+    """Make the first set's loss NaN from step `from_step` (0-based) on."""
+    s = trainer.sets[0]
+    loss = s.loss
+
+    def poisoned(views, progress):
+        out = loss(views, progress)
+        return out._replace(loss=out.loss * float("nan")) if progress.step >= from_step else out
+
+    s.loss = poisoned
+
+
+def test_nan_loss_stops_before_any_checkpoint_of_it(tmp_path):
+    cfg = tiny(tmp_path, "trainer.log_every=1", "trainer.checkpoint_every_steps=3")
     trainer = Trainer(cfg, run_dir=tmp_path / "run")
-    with pytest.raises(TrainingDiverged, match="Last good checkpoint"):
+    _poison(trainer, from_step=7)  # the 8th step's loss, and the weights after it, are NaN
+    with pytest.raises(TrainingDiverged, match="model loss is nan at step 8.*step_00000006"):
         trainer.fit()
     ckpt = latest_checkpoint(tmp_path / "run" / "checkpoints")
-    if ckpt is not None:  # every saved checkpoint holds finite weights
-        weights, _ = load_checkpoint(ckpt)
-        assert all(torch.isfinite(v.float()).all() for v in weights.values())
+    assert ckpt.name == "step_00000006"  # the last one before the NaN, and not a later one
+    weights, _ = load_checkpoint(ckpt)
+    assert all(torch.isfinite(v.float()).all() for v in weights.values())
+    assert [r["step"] for r in read_metrics(tmp_path / "run", "train")] == list(range(1, 8))
 
 
 def test_batch_larger_than_dataset_is_refused(tmp_path):
@@ -139,10 +148,13 @@ def test_batch_larger_than_dataset_is_refused(tmp_path):
 
 @pytest.mark.parametrize("opt,clip", [("sgd", "null"), ("adamw", "null"), ("lars", "0.5")])
 def test_optimizers_step(tmp_path, opt, clip):
-    cfg = tiny(tmp_path, f"trainer.optimizer={opt}", "trainer.lr=0.05", "trainer.epochs=1",
+    cfg = tiny(tmp_path, f"trainer.optimizer={opt}", "trainer.lr=0.05", "trainer.epochs=0.25",
                f"trainer.grad_clip={clip}")
-    run = Trainer(cfg, run_dir=tmp_path / opt).fit()
-    assert read_metrics(run, "train")
+    trainer = Trainer(cfg, run_dir=tmp_path / opt)
+    assert type(trainer.sets[0].optimizer).__name__.lower() == opt
+    before = [p.clone() for p in trainer.sets[0].params]
+    trainer.fit()
+    assert all(not torch.equal(a, b) for a, b in zip(before, trainer.sets[0].params) if a.ndim > 1)
 
 
 def test_fractional_epochs_end_mid_epoch_with_a_checkpoint(tmp_path):
@@ -152,3 +164,81 @@ def test_fractional_epochs_end_mid_epoch_with_a_checkpoint(tmp_path):
     assert trainer.step == trainer.total_steps
     _, state = load_checkpoint(latest_checkpoint(run / "checkpoints"))
     assert state["step"] == trainer.total_steps
+
+
+# -- several parameter sets ----------------------------------------------------------------------
+def test_parameter_sets_get_their_own_optimizers_and_settings(tmp_path):
+    trainer = Trainer(tiny(tmp_path, "trainer.param_sets.encoder.lr=0.2", method="two_player"),
+                      run_dir=tmp_path / "r")
+    critic, encoder = trainer.sets
+    assert (critic.name, encoder.name) == ("critic", "encoder")  # the declared order
+    assert isinstance(critic.optimizer, torch.optim.AdamW)
+    assert critic.optimizer.defaults["betas"] == (0.5, 0.999)  # the method's default for the set
+    assert critic.peak_lr == pytest.approx(1e-3 * 64 / 256)  # its lr, linearly scaled
+    assert encoder.settings.optimizer == trainer.cfg.trainer.optimizer  # the trainer's own
+    assert encoder.peak_lr == pytest.approx(0.2 * 64 / 256)  # the recipe's override
+    owned = {id(p) for s in trainer.sets for p in s.params}
+    assert owned == {id(p) for p in trainer.model.parameters() if p.requires_grad}
+    assert not {id(p) for p in critic.params} & {id(p) for p in encoder.params}
+    with pytest.raises(ConfigError, match="trainer.param_sets.generator: two_player has the "
+                                          "parameter set.s. critic, encoder"):
+        Trainer(tiny(tmp_path, "trainer.param_sets.generator.lr=0.1", method="two_player"),
+                run_dir=tmp_path / "r2")
+    with pytest.raises(ConfigError, match="trainer.param_sets.critic.optimizer"):
+        tiny(tmp_path, "trainer.param_sets.critic.optimizer=rmsprop", method="two_player")
+
+
+def test_sets_step_in_order_and_each_backward_reaches_its_own_set_only(tmp_path):
+    """The encoder's loss sees the critic after the critic's step; the encoder's step leaves the
+    critic's weights and gradients as the critic's own step left them."""
+    trainer = Trainer(tiny(tmp_path, method="two_player"), run_dir=tmp_path / "r")
+    critic, encoder = trainer.sets
+    seen = {}
+    loss = encoder.loss
+
+    def spy(views, progress):
+        seen["critic"] = [p.detach().clone() for p in critic.params]
+        seen["critic_grad"] = [p.grad.clone() for p in critic.params]
+        return loss(views, progress)
+
+    encoder.loss = spy
+    start = [p.detach().clone() for p in critic.params]
+    losses = trainer.train_step(trainer.images[:64], aug_seed=1)
+    assert set(losses) == {"critic", "encoder"}
+    assert all(not torch.equal(a, b) for a, b in zip(start, seen["critic"]))  # stepped first
+    assert all(torch.equal(a, b) for a, b in zip(seen["critic"], critic.params))
+    assert all(torch.equal(a, p.grad) for a, p in zip(seen["critic_grad"], critic.params))
+    assert {"critic_acc", "align", "fool"} <= set(trainer.last_metrics)
+
+
+def test_a_declared_set_is_checked(tmp_path):
+    from selfsup.protocol import ParamSet
+
+    trainer = Trainer(tiny(tmp_path, method="two_player"), run_dir=tmp_path / "r")
+    model = trainer.model
+    model.param_sets = lambda: [ParamSet("critic", [model.critic], model.critic_loss)]
+    with pytest.raises(ConfigError, match="trainable parameters in no parameter set: backbone"):
+        trainer._build_sets()
+    model.param_sets = lambda: [ParamSet("a", [model], model.forward), ParamSet("b", [model.critic], model.forward)]
+    with pytest.raises(ConfigError, match="in both parameter sets 'a' and 'b'"):
+        trainer._build_sets()
+    model.param_sets = lambda: [ParamSet("a", [model], model.forward, {"lars_trust": 0.1})]
+    with pytest.raises(ValueError, match="lars_trust"):
+        trainer._build_sets()
+
+
+def test_logs_name_each_sets_loss(tmp_path):
+    run = Trainer(tiny(tmp_path, "trainer.epochs=0.25", method="two_player"), run_dir=tmp_path / "r").fit()
+    row = read_metrics(run, "train")[-1]
+    assert {"loss", "loss_critic", "loss_encoder", "critic_acc", "align"} <= set(row)
+    assert row["loss"] == pytest.approx(row["loss_critic"] + row["loss_encoder"])
+
+
+def test_metrics_may_be_numbers_or_tensors(tmp_path):
+    trainer = Trainer(tiny(tmp_path, "trainer.epochs=0.25", "trainer.log_every=1"), run_dir=tmp_path / "r")
+    s = trainer.sets[0]
+    loss = s.loss
+    s.loss = lambda v, p: Output(loss(v, p).loss, {"number": 2.5, "tensor": torch.tensor(0.5)})
+    run = trainer.fit()
+    row = read_metrics(run, "train")[-1]
+    assert row["number"] == 2.5 and row["tensor"] == 0.5

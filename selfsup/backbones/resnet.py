@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Dict, List, Sequence, Type, Union
 
-import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:

@@ -1,5 +1,8 @@
 """Feature extraction from a frozen backbone, done once and cached for every evaluator.
 
+`FeatureCache` holds the features of one encoder per (images, layer, resolution): k-NN, the
+linear probe and every protocol after them in one invocation read the same extracted features.
+
 The backbone contract (see `selfsup.backbones`): an `nn.Module` with `dim`, `forward(x) -> [B, dim]`,
 `layer_names`, `layer_dims` and `forward_layers(x, names) -> {name: [B, D_name]}` (pooled).
 Images are uint8 `[N, C, H, W]`, normalised (and resized where asked) per chunk by the views'
@@ -14,9 +17,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from selfsup.device import PRECISIONS, autocast
 from selfsup.views import eval_transform
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def module_device(module: nn.Module) -> torch.device:
@@ -29,19 +31,26 @@ def module_device(module: nn.Module) -> torch.device:
 
 
 @contextlib.contextmanager
-def frozen_eval(module: nn.Module):
-    """Puts every submodule in eval mode and restores each one's own flag afterwards.
+def kept_modes(module: nn.Module):
+    """Gives every submodule its own train/eval flag back on leaving, whatever happened inside.
 
     Restoring per submodule, not with one `module.train(was_training)`, keeps deliberately
     frozen parts (e.g. BatchNorm left in eval during fine-tuning) as the caller had them.
     """
     modes = [(m, m.training) for m in module.modules()]
-    module.eval()
     try:
         yield module
     finally:
         for m, training in modes:
             m.training = training
+
+
+@contextlib.contextmanager
+def frozen_eval(module: nn.Module):
+    """Every submodule in eval mode inside, each one's own flag restored afterwards."""
+    with kept_modes(module):
+        module.eval()
+        yield module
 
 
 def _check_images(images: Tensor) -> None:
@@ -116,17 +125,13 @@ def extract_features(
         memory_format=torch.channels_last
     )
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    dtype = PRECISIONS[precision]
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-    )
     out: dict[str, Tensor] = {}  # name -> [N, D_name], allocated once the first chunk shows D
     key = "__pooled__"
     with frozen_eval(backbone), tqdm(total=n, unit="img", desc="features", disable=not progress) as bar:
         for start in range(0, n, batch_size):
             x = images[start : start + batch_size].to(device, non_blocking=True)
             x = eval_transform(x, mean, std, size).contiguous(memory_format=layout)  # [b, C, H, W]
-            with autocast:
+            with autocast(device, precision):
                 feats = backbone.forward_layers(x, names) if names is not None else {key: backbone(x)}
             for name, f in feats.items():
                 if names is not None and name not in names:
@@ -152,3 +157,47 @@ def extract_features(
     if missing:
         raise ValueError(f"extract_features: {type(backbone).__name__}.forward_layers did not return {missing}")
     return {name: out[name] for name in names}
+
+
+class FeatureCache:
+    """The features of one frozen encoder, extracted once per (images, layer, size).
+
+    backbone, mean, std, batch_size, device, precision, progress: as in `extract_features`.
+    Images are recognised by identity (the cache keeps a reference, so an id is never reused):
+    pass the same tensor (an ImageSet's `.images`) to every protocol that should share features.
+    A new encoder, or the same one after more training, needs a new cache.
+    """
+
+    def __init__(self, backbone: nn.Module, mean: Sequence[float], std: Sequence[float], *,
+                 batch_size: int = 512, device: torch.device | str | None = None,
+                 precision: str = "fp32", progress: bool = False):
+        self.backbone = backbone
+        self.mean, self.std = mean, std
+        self.kwargs = dict(batch_size=batch_size, device=device, precision=precision, progress=progress)
+        self._cache: dict[tuple[int, str | None, int | None], Tensor] = {}
+        self._images: dict[int, Tensor] = {}
+        self.extractions = 0  # forward passes over a whole image set, for tests and logs
+
+    def features(self, images: Tensor, layer: str | None = None, size: int | None = None) -> Tensor:
+        """float32 [N, D]: the pooled output (layer None) or `layer`'s pooled output of `images`
+        (uint8 [N, C, H, W]) resized to `size`, extracted on the first request only."""
+        return self.layers(images, [layer], size)[layer]
+
+    def layers(self, images: Tensor, layers: Sequence[str | None], size: int | None = None
+               ) -> dict[str | None, Tensor]:
+        """{layer: [N, D_layer]} for several layers (None: the pooled output); the intermediate
+        layers not cached yet are extracted together, in one pass over the images."""
+        key = id(images)
+        self._images.setdefault(key, images)
+        missing = [name for name in layers if (key, name, size) not in self._cache]
+        named = [name for name in missing if name is not None]
+        if named:
+            out = extract_features(self.backbone, images, self.mean, self.std, layers=named,
+                                   size=size, **self.kwargs)
+            self._cache.update({(key, name, size): f for name, f in out.items()})
+            self.extractions += 1
+        if None in missing:
+            self._cache[(key, None, size)] = extract_features(self.backbone, images, self.mean,
+                                                              self.std, size=size, **self.kwargs)
+            self.extractions += 1
+        return {name: self._cache[(key, name, size)] for name in layers}

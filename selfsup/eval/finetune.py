@@ -18,7 +18,6 @@ A random-init baseline is the same call on an untrained backbone (`selfsup eval 
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -28,8 +27,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from selfsup.eval.features import extract_features, module_device
+from selfsup.device import autocast
+from selfsup.eval.features import extract_features, kept_modes, module_device
 from selfsup.eval.knn import topk_accuracy
+from selfsup.eval.subsets import stratified_subset
+from selfsup.schedules import warmup_cosine
+from selfsup.train.optim import build_optimizer, param_groups, set_lr
+from selfsup.train.step import LossWindow, backward_step, check_finite
 from selfsup.views import ViewConfig, build_views
 
 
@@ -179,53 +183,21 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))
 
 
-def build_optimizer(model: Classifier, cfg: FinetuneConfig, peak: float) -> torch.optim.Optimizer:
-    """One parameter group per (depth, decay or not); each carries `lr_scale` and `depth`.
-    1-d parameters (biases, norm scales) and the class token get no weight decay (MAE's
-    param_groups_lrd with the ViT's no_weight_decay list)."""
+def finetune_optimizer(model: Classifier, cfg: FinetuneConfig, peak: float) -> torch.optim.Optimizer:
+    """One parameter group per (depth, decay or not), each with its `lr_scale` and `depth`; the
+    weight-decay rule is pretraining's (`train.optim.decays`: none on biases, norms and learned
+    tokens, as MAE's param_groups_lrd with the ViT's no_weight_decay list)."""
     depths, top, _ = layer_depths(model.backbone)
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        inner = name[len("backbone."):] if name.startswith("backbone.") else None
-        d = depths[inner] if inner is not None else top
-        decay = p.ndim > 1 and inner not in ("cls_token", "pos_embed")
-        g = groups.setdefault((d, decay), {
-            "params": [], "depth": d, "lr_scale": cfg.layer_decay ** (top - d),
-            "weight_decay": cfg.weight_decay if decay else 0.0})
-        g["params"].append(p)
-    param_groups = [groups[k] for k in sorted(groups)]
-    for g in param_groups:
-        g["lr"] = peak * g["lr_scale"]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(param_groups, lr=peak, momentum=cfg.momentum, foreach=True)
-    return torch.optim.AdamW(param_groups, lr=peak, betas=tuple(cfg.betas), foreach=True)
+
+    def depth(name: str) -> int:  # the head sits at the top
+        return depths[name[len("backbone."):]] if name.startswith("backbone.") else top
+
+    groups = param_groups(model.named_parameters(), cfg.weight_decay, depth=depth, top=top,
+                          layer_decay=cfg.layer_decay)
+    return build_optimizer(groups, cfg.optimizer, peak, momentum=cfg.momentum, betas=cfg.betas)
 
 
 # ----------------------------------------------------------------------------- data
-
-
-def stratified_subset(y: Tensor, n: int, seed: int) -> Tensor:
-    """Seeded indices of n items of y [N] with each class's share kept (largest remainders), sorted.
-
-    Classes keep floor(n * N_c / N) items, and the classes with the largest remainders one more,
-    so that a few-thousand-image fine-tuning set is balanced like the full set."""
-    y_cpu = y.cpu()
-    total = y_cpu.numel()
-    if n >= total:
-        return torch.arange(total, device=y.device)
-    perm = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
-    order = perm[torch.sort(y_cpu[perm], stable=True).indices]  # grouped by class, shuffled within
-    counts = torch.bincount(y_cpu)
-    exact = counts.double() * n / total
-    quota = exact.floor().long()
-    extra = n - int(quota.sum())
-    quota[torch.argsort(exact - quota, descending=True, stable=True)[:extra]] += 1
-    starts = counts.cumsum(0) - counts
-    ys = y_cpu[order]
-    keep = torch.arange(total) - starts[ys] < quota[ys]
-    return order[keep].sort().values.to(y.device)
 
 
 def _set_drop_path(backbone: nn.Module, rate: float) -> list[float] | None:
@@ -264,8 +236,6 @@ def finetune(backbone: nn.Module, train_set, test_set, mean, std, cfg: FinetuneC
          "train_images", "test_images", "train_time_s" (subsets, set-up and training), "time_s"
          (and evaluation), "protocol"}.
     """
-    from selfsup.train.optim import cosine_lr  # late: selfsup.train imports the evaluators
-
     cfg.validate()
     if train_set.labels is None or test_set.labels is None:
         raise ValueError("finetune: the training and test sets need labels")
@@ -275,8 +245,8 @@ def finetune(backbone: nn.Module, train_set, test_set, mean, std, cfg: FinetuneC
     device = torch.device(device) if device is not None else module_device(backbone)
     backbone.to(device)
     c = max(train_set.num_classes, test_set.num_classes)
-    tr_idx = stratified_subset(train_set.labels, cfg.train_subset, cfg.seed) if cfg.train_subset else None
-    te_idx = stratified_subset(test_set.labels, cfg.test_subset, cfg.seed + 1) if cfg.test_subset else None
+    tr_idx = stratified_subset(train_set.labels, cfg.seed, total=cfg.train_subset)[0] if cfg.train_subset else None
+    te_idx = stratified_subset(test_set.labels, cfg.seed + 1, total=cfg.test_subset)[0] if cfg.test_subset else None
     train = train_set.subset(tr_idx) if tr_idx is not None else train_set
     test = test_set.subset(te_idx) if te_idx is not None else test_set
     images, labels = train.images.to(device), train.labels.to(device)
@@ -299,15 +269,15 @@ def finetune(backbone: nn.Module, train_set, test_set, mean, std, cfg: FinetuneC
     model = model.to(memory_format=layout)
     _, _, depth_text = layer_depths(backbone)
     old_rates = _set_drop_path(backbone, cfg.drop_path)
-    optimizer = build_optimizer(model, cfg, peak)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    optimizer = finetune_optimizer(model, cfg, peak)
+    params = [p for p in model.parameters() if p.requires_grad]
     aug = torch.Generator(device=device).manual_seed(cfg.seed + 2)
     order = torch.Generator().manual_seed(cfg.seed + 3)
-    running, window, loss_value = torch.zeros((), device=device), 0, float("nan")
-    modes = [(m, m.training) for m in backbone.modules()]  # given back as found, like frozen_eval
-    model.train()
+    window, loss_value = LossWindow(), float("nan")
     try:
-        with tqdm(total=total, desc="fine-tune", unit="step", disable=not progress, dynamic_ncols=True) as bar:
+        bar = tqdm(total=total, desc="fine-tune", unit="step", disable=not progress, dynamic_ncols=True)
+        with kept_modes(backbone), bar:  # the backbone's flags are given back as found
+            model.train()
             for step in range(total):
                 i = step % steps_per_epoch
                 if i == 0:
@@ -315,34 +285,22 @@ def finetune(backbone: nn.Module, train_set, test_set, mean, std, cfg: FinetuneC
                 idx = perm[i * bs:(i + 1) * bs]
                 with torch.no_grad():
                     x = views(images[idx], aug)[0].contiguous(memory_format=layout)  # [B, C, S, S]
-                lr = cosine_lr(step, total, warmup, peak, cfg.min_lr * peak)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr * g["lr_scale"]  # the whole schedule, floor included, scales
-                with amp:
+                lr = warmup_cosine(step, total, warmup, peak, cfg.min_lr * peak)
+                set_lr(optimizer, lr)  # times each group's lr_scale: the whole schedule scales
+                with autocast(device, precision):
                     logits = model(x)
                 loss = F.cross_entropy(logits.float(), labels[idx], label_smoothing=cfg.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                running += loss.detach()
-                window += 1
+                backward_step(loss, optimizer, params, cfg.grad_clip)
+                window.add({"fine-tuning": loss})
                 bar.update(1)
                 if (step + 1) % cfg.log_every == 0 or step + 1 == total:
-                    loss_value = (running / window).item()
-                    running.zero_()
-                    window = 0
-                    if not math.isfinite(loss_value):
-                        from selfsup.train.trainer import TrainingDiverged
-
-                        raise TrainingDiverged(f"fine-tuning loss is {loss_value} at step {step + 1}; "
-                                               "try a lower eval.finetune.lr or eval.finetune.grad_clip")
+                    losses = window.read()
+                    check_finite(losses, f"at step {step + 1}",
+                                 "Try a lower eval.finetune.lr or eval.finetune.grad_clip.")
+                    loss_value = losses["fine-tuning"]
                     bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}")
         train_time = time.perf_counter() - start_time  # the loss read above waited for the last step
     finally:
-        for m, training in modes:
-            m.training = training
         if old_rates is not None:
             for b, r in zip(backbone.blocks, old_rates):
                 b.drop_path = r

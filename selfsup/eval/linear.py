@@ -26,6 +26,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from selfsup.eval.knn import _check, _num_classes, topk_accuracy
+from selfsup.eval.subsets import stratified_subset
+from selfsup.schedules import cosine_schedule
 
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -71,24 +73,6 @@ class LinearConfig:
             raise ValueError(f"LinearConfig.val_fraction must be in [0, 1), got {self.val_fraction}")
         if any(lr <= 0 for lr, _ in self.candidates()) or any(wd < 0 for _, wd in self.candidates()):
             raise ValueError(f"LinearConfig: lr must be > 0 and weight_decay >= 0, got {self.candidates()}")
-
-
-def stratified_split(y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """Seeded split of indices into (fit, val), holding out round(fraction * n_c) of each class c.
-
-    y: [N] int64 -> two sorted index tensors on y's device. Stratified so that a small or
-    imbalanced training set (few-label evaluation) still validates on every class.
-    """
-    y_cpu = y.cpu()
-    n = y_cpu.numel()
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    order = perm[torch.sort(y_cpu[perm], stable=True).indices]  # grouped by class, shuffled within
-    counts = torch.bincount(y_cpu, minlength=int(y_cpu.max()) + 1 if n else 0)
-    starts = counts.cumsum(0) - counts
-    ys = y_cpu[order]
-    is_val = torch.arange(n) - starts[ys] < (counts.double() * fraction).round().long()[ys]
-    fit, val = order[~is_val].sort().values, order[is_val].sort().values
-    return fit.to(y.device), val.to(y.device)
 
 
 def _standardise(train_x: Tensor, *others: Tensor) -> list[Tensor]:
@@ -174,7 +158,7 @@ def train_heads(
             p = (w @ xb.T).view(g, c, -1).softmax(1)
             p.sub_(onehot_t.index_select(1, yb)).div_(xb.shape[0])  # d(mean CE)/d(logits) = softmax - onehot
             grad = p.view(g * c, -1) @ xb  # [G*C, D+1]
-            lr = lr_row * (0.5 * (1.0 + math.cos(math.pi * step / total)))  # cosine to 0, per step
+            lr = lr_row * cosine_schedule(1.0, 0.0, step / total)  # cosine to 0, per step
             step += 1
             if sq is None:  # SGD, Nesterov momentum, L2 penalty folded into the gradient
                 grad.addcmul_(wd, w)
@@ -247,7 +231,7 @@ def linear_probe(
     search = len(cands) > 1 and cfg.val_fraction > 0
     lr, wd = cands[0] if len(cands) == 1 else (cfg.peak_lr(), cfg.weight_decay)
     if search:
-        fit_idx, val_idx = stratified_split(train_y, cfg.val_fraction, seed)
+        val_idx, fit_idx = stratified_subset(train_y, seed, fraction=cfg.val_fraction)
         if len(fit_idx) == 0 or len(val_idx) == 0:
             raise ValueError(
                 f"linear_probe: val_fraction={cfg.val_fraction} leaves {len(fit_idx)} fit / {len(val_idx)} "

@@ -1,18 +1,8 @@
-"""Method registry: name -> nn.Module class with a `config_class` dataclass.
+"""The method registry: name -> method class (an nn.Module with a `config_class`).
 
-A method owns its backbone (the encoder that is exported and evaluated, `.backbone`) and its
-heads, and has:
-- `forward(views, progress) -> (loss, metrics)`: views are the float batches of `view_configs`
-  in order; `progress` (a `schedules.Progress`) drives temperature and freeze schedules;
-- `on_step_end(progress)`: called once after each optimizer step; per-step state (EMA teachers,
-  queues, centres) is updated here and nowhere else;
-- optionally `prepare(views, generator) -> list[Tensor]`: called without gradients after the
-  views are drawn, with the same seeded generator; pretext tasks turn views into inputs plus
-  targets (rotations, tiles) and masked models draw their masks here, so every draw is fixed by
-  the seed, rank and step (see `Trainer.make_views`);
-- optionally `on_after_backward(progress)`: called between backward and the optimizer step
-  (DINO drops its last layer's gradients there during the first epoch).
-Shared pieces: `heads.mlp`, `ema` (teachers), `queue.FeatureQueue`, `schedules`.
+A method is one file here plus one line below plus its recipes; the contract it follows (hooks,
+when the trainer calls them, the rules for metrics, DDP and per-step state) is written once, in
+`selfsup/protocol.py`. The pieces methods share are in `selfsup/parts/` and `selfsup/losses.py`.
 """
 
 from selfsup.methods.beit import BEiT

@@ -18,12 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.backbones.vit import patchify, require_vit
-from selfsup.methods.schedules import Progress
-from selfsup.methods.tokenizers import PatchTokenizer, TokenizerConfig, build_from_views
+from selfsup.losses import cross_entropy_accuracy
+from selfsup.parts.tokenizers import PatchTokenizer, TokenizerConfig, build_from_views
+from selfsup.protocol import Output, Progress
 from selfsup.views.masks import mask_from_order, mask_views, num_visible
 
 
@@ -36,20 +36,14 @@ class BEiTConfig(TokenizerConfig):
     mask_ratio: float = 0.4
     masking: str = "block"
 
+    tiny = ("backbone.name=vit_tiny", "backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2",
+            "views.n_views=1", "method.vocab_size=32", "method.tokenizer_images=256")
+
     def __post_init__(self):
         super().__post_init__()
         num_visible(1, self.mask_ratio)
         if self.masking not in ("random", "block"):
             raise ValueError(f"method.masking must be random or block, got {self.masking!r}")
-
-
-def masked_token_loss(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-    """Cross-entropy of predicted against true token ids, and top-1 accuracy.
-
-    logits: [M, V] at the M masked positions of the batch; tokens: [M] their tokenizer ids."""
-    loss = F.cross_entropy(logits.float(), tokens)
-    acc = (logits.argmax(dim=-1) == tokens).float().mean()
-    return loss, acc
 
 
 class BEiT(nn.Module):
@@ -59,9 +53,7 @@ class BEiT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = require_vit(backbone, "BEiT")
-        p = backbone.patch_size
-        self.tokenizer = PatchTokenizer(cfg.tokenizer, cfg.assign, cfg.vocab_size,
-                                        p * p * backbone.in_channels)
+        self.tokenizer = PatchTokenizer.for_vit(cfg, backbone)
         self.mask_token = nn.Parameter(torch.zeros(backbone.dim))
         nn.init.normal_(self.mask_token, std=0.02)  # BEiT's trunc_normal_(std=.02)
         self.head = nn.Linear(backbone.dim, cfg.vocab_size)  # the "masked image modeling head"
@@ -73,20 +65,17 @@ class BEiT(nn.Module):
         resumed run reads it back from the checkpoint."""
         build_from_views(self.tokenizer, self.cfg, sample, self.backbone.patch_size, seed)
 
-    def prepare(self, views: list[Tensor], g: torch.Generator) -> list[Tensor]:
+    def prepare(self, views: list[Tensor], generator: torch.Generator) -> list[Tensor]:
         """[image views] -> [images, patch orders [B, L]] (masked patches last)."""
         return mask_views(views, self.backbone.patch_size, self.cfg.masking, self.cfg.mask_ratio,
-                          g, "BEiT")
+                          generator, "BEiT")
 
-    def forward(self, views: list[Tensor], progress: Progress
-                ) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, views: list[Tensor], progress: Progress) -> Output:
         x, order = views
         mask = mask_from_order(order, num_visible(order.shape[1], self.cfg.mask_ratio))  # [B, L]
         tokens = self.tokenizer(patchify(x, self.backbone.patch_size))  # [B, L]
         out = self.backbone.forward_tokens(x, mask=mask, mask_token=self.mask_token)
         out = out[:, self.backbone.num_prefix_tokens:]  # [B, L, D]
-        loss, acc = masked_token_loss(self.head(out[mask]), tokens[mask])  # [M, V], [M]
-        return loss, {"token_acc": acc}
-
-    def on_step_end(self, progress: Progress) -> None:
-        pass  # the codebook is fixed; BEiT keeps no per-step state
+        # Cross-entropy at the M masked positions only (eq. 1): logits [M, V], token ids [M].
+        loss, acc = cross_entropy_accuracy(self.head(out[mask]), tokens[mask])
+        return Output(loss, {"token_acc": acc})

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.methods.ema import ema_update, make_teacher
-from selfsup.methods.heads import mlp
-from selfsup.methods.schedules import Progress, cosine_schedule
+from selfsup.parts.heads import mlp
+from selfsup.parts.teacher import EMATeacher
+from selfsup.protocol import Output, Progress
 
 
 @dataclass
@@ -44,6 +44,8 @@ class BYOLConfig:
     proj_dim: int = 256
     pred_hidden: Optional[int] = None
     tau_base: float = 0.996
+
+    tiny = ("method.proj_hidden=32", "method.proj_dim=16")
 
     def __post_init__(self):
         for field in ("proj_hidden", "proj_dim"):
@@ -65,13 +67,6 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return 2.0 - 2.0 * cos
 
 
-def target_momentum(tau_base: float, progress: Progress) -> float:
-    """tau of the EMA update after the optimizer step `progress.step`: tau_base after the first
-    step, exactly 1 after the last (§3.2, tau = 1 - (1 - tau_base)(cos(pi k/K) + 1)/2, with k
-    counted so that the last update the run makes is the one with tau = 1)."""
-    return cosine_schedule(tau_base, 1.0, progress.update_fraction)
-
-
 class BYOL(nn.Module):
     config_class = BYOLConfig
 
@@ -84,12 +79,12 @@ class BYOL(nn.Module):
         self.projector = mlp(backbone.dim, cfg.proj_hidden, cfg.proj_dim, 2)
         self.predictor = mlp(cfg.proj_dim, cfg.pred_hidden or cfg.proj_hidden, cfg.proj_dim, 2)
         # The target starts as a copy of the online weights (the official code draws it from
-        # another seed and reports no difference); it has no predictor (§3.1).
-        self.target_backbone = make_teacher(backbone)
-        self.target_projector = make_teacher(self.projector)
+        # another seed and reports no difference) and has no predictor (§3.1). Its momentum tau
+        # rises from tau_base after the first step to exactly 1 after the last (§3.2, tau = 1 -
+        # (1 - tau_base)(cos(pi k/K) + 1)/2, with k counted so that the run's last update uses 1).
+        self.target = EMATeacher(backbone, self.projector, momentum=cfg.tau_base, momentum_end=1.0)
 
-    def forward(self, views: list[torch.Tensor], progress: Progress
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, views: list[torch.Tensor], progress: Progress) -> Output:
         if len(views) != 2:
             raise ValueError(
                 f"BYOL takes exactly 2 views, got {len(views)}: use views.n_views=1 with one "
@@ -99,7 +94,7 @@ class BYOL(nn.Module):
         h = [self.projector(self.backbone(v)) for v in views]  # online projections, 2 x [B, D]
         p = [self.predictor(x) for x in h]  # online predictions, 2 x [B, D]
         with torch.no_grad():
-            z = [self.target_projector(self.target_backbone(v)) for v in views]  # 2 x [B, D]
+            z = [self.target(v) for v in views]  # target projections, 2 x [B, D]
         # Symmetrised (eq. 3): view 1 predicts the target of view 2 and vice versa; each direction
         # is averaged over the batch and the two are summed.
         loss = byol_loss(p[0], z[1]).mean() + byol_loss(p[1], z[0]).mean()
@@ -109,11 +104,7 @@ class BYOL(nn.Module):
             # sqrt(D); about 1 when they spread over the sphere, 0 when every image maps to one point.
             zo = F.normalize(h[0].detach().float(), dim=1)
             proj_std = zo.std(dim=0).mean() * zo.shape[1] ** 0.5
-        tau = torch.tensor(target_momentum(self.cfg.tau_base, progress))
-        return loss, {"cos": cos, "proj_std": proj_std, "tau": tau}
+        return Output(loss, {"cos": cos, "proj_std": proj_std, "tau": self.target.momentum(progress)})
 
-    @torch.no_grad()
-    def on_step_end(self, progress: Progress) -> None:
-        tau = target_momentum(self.cfg.tau_base, progress)
-        ema_update(self.target_backbone, self.backbone, tau)
-        ema_update(self.target_projector, self.projector, tau)
+    def on_step_end(self, progress: Progress, state: dict[str, torch.Tensor]) -> None:
+        self.target.update(progress)

@@ -8,7 +8,7 @@ encoder: it names the permutation, inpaints the missing tile (in colour) and col
 it was given (§3). Damaging the data this way forces the features to carry what jigsaw alone
 leaves out (the content of a region from its context, and colour from shape).
 
-Here the tiles, permutation set and shortcuts are jigsaw.py's. The missing tile is a zero tile
+Here the tiles, permutation set and shortcuts are the jigsaw's (`parts/puzzle.py`). The missing tile is a zero tile
 in its slot (the input is normalised per tile, so zero is its mean). The inpainting decoder reads
 the concatenated tile features; the colouriser reads each present tile's own feature and predicts
 its colour as the difference between the colour tile and its grey version (the grey part is the
@@ -25,17 +25,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.methods.jigsaw import (JigsawConfig, PuzzleHead, cut_puzzle, draw_permutations,
-                                    permutation_loss)
-from selfsup.methods.schedules import Progress
+from selfsup.losses import cross_entropy_accuracy
+from selfsup.parts.puzzle import PuzzleConfig, PuzzleHead, cut_puzzle, draw_permutations
+from selfsup.protocol import Output, Progress
 from selfsup.views.pretext import normalize_tiles, permutation_set, permute_tiles, remove_colour
 
 
 @dataclass
-class DamagedJigsawConfig(JigsawConfig):
+class DamagedJigsawConfig(PuzzleConfig):
     """name: registry key.
     grid, tile, gap, jitter, channel_shift, normalize, n_perms, perm_seed, tile_dim, head_hidden,
-        head_layers: the puzzle and its classifier, inherited from jigsaw.py's JigsawConfig.
+        head_layers: the puzzle and its classifier, `parts.puzzle.PuzzleConfig`'s.
     decode_size: side of the inpainted and colourised tiles; the targets are the tiles
         area-averaged to it (8: ours, about half a 14-px tile).
     perm_weight / inpaint_weight / color_weight: weights of the permutation cross-entropy, the
@@ -48,6 +48,10 @@ class DamagedJigsawConfig(JigsawConfig):
     perm_weight: float = 1.0
     inpaint_weight: float = 1.0
     color_weight: float = 1.0
+
+    # Tiles of 5-7 px from 24 px views (see JigsawConfig.tiny).
+    tiny = ("views.n_views=1", "views.size=24", "method.n_perms=24", "method.tile_dim=16",
+            "method.head_hidden=32", "method.decode_size=4")
 
     def __post_init__(self):
         super().__post_init__()
@@ -68,7 +72,7 @@ def damaged_losses(perm_logits: torch.Tensor, perm_idx: torch.Tensor, inpainted:
     (colour tile minus its grey version) of every slot; present: [B, T], 1 where a tile was given.
     Returns cross-entropy, accuracy, and the two mean squared errors (per pixel).
     """
-    ce, acc = permutation_loss(perm_logits, perm_idx)
+    ce, acc = cross_entropy_accuracy(perm_logits, perm_idx)
     inpaint = F.mse_loss(inpainted.float(), missing_tile.float())
     err = (colour.float() - colour_target.float()).pow(2).mean(-1)  # [B, T]
     col = (err * present).sum() / present.sum().clamp(min=1)
@@ -98,8 +102,7 @@ class DamagedJigsaw(nn.Module):
         self.backbone = backbone
         tiles = cfg.grid ** 2
         self.register_buffer("permutations", permutation_set(cfg.n_perms, tiles, cfg.perm_seed))
-        self.head = PuzzleHead(backbone.dim, tiles, cfg.tile_dim, cfg.head_hidden,
-                               cfg.head_layers, cfg.n_perms)
+        self.head = PuzzleHead(backbone.dim, cfg)
         # Linear decoders to a fixed decode_size x decode_size tile: the tile side is only known
         # from the views, and the optimizer is built before the first batch.
         c, d = image_channels(backbone), cfg.decode_size
@@ -129,8 +132,7 @@ class DamagedJigsaw(nn.Module):
         grey = grey * keep.view(b, t, 1, 1, 1)
         return [grey.flatten(0, 1), idx, missing, colour.flatten(0, 1)]
 
-    def forward(self, views: list[torch.Tensor], progress: Progress
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, views: list[torch.Tensor], progress: Progress) -> Output:
         if len(views) != 4:
             raise ValueError("DamagedJigsaw takes (tiles, indices, missing, colour) from its "
                              f"prepare(); got {len(views)} tensors")
@@ -151,7 +153,4 @@ class DamagedJigsaw(nn.Module):
         w = self.cfg
         loss = (w.perm_weight * parts["perm"] + w.inpaint_weight * parts["inpaint_mse"]
                 + w.color_weight * parts["color_mse"])
-        return loss, {k: v.detach() for k, v in parts.items() if k != "perm"}
-
-    def on_step_end(self, progress: Progress) -> None:
-        pass  # no per-step state
+        return Output(loss, {k: v.detach() for k, v in parts.items() if k != "perm"})

@@ -14,17 +14,18 @@ MultiCropWrapper).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.methods.ema import ema_update, make_teacher
-from selfsup.methods.heads import mlp
-from selfsup.methods.schedules import Progress, cosine_schedule, warmup_schedule
-from selfsup.train.distributed import all_reduce_mean
+from selfsup.distributed import all_reduce_mean
+from selfsup.parts.heads import DINOHead
+from selfsup.parts.multicrop import encode_crops
+from selfsup.parts.teacher import EMATeacher
+from selfsup.protocol import Output, Progress
+from selfsup.schedules import warmup_schedule
 
 
 @dataclass
@@ -64,6 +65,8 @@ class DINOConfig:
     momentum: float = 0.996
     freeze_last_layer: float = 1.0
 
+    tiny = ("method.proj_hidden=32", "method.proj_dim=16", "method.out_dim=64")
+
     def __post_init__(self):
         for name in ("proj_hidden", "proj_dim", "head_layers", "out_dim"):
             if getattr(self, name) < 1:
@@ -77,49 +80,6 @@ class DINOConfig:
         for name in ("warmup_teacher_temp_epochs", "freeze_last_layer"):
             if getattr(self, name) < 0:
                 raise ValueError(f"method.{name} must be >= 0, got {getattr(self, name)}")
-
-
-class NormalizedLinear(nn.Module):
-    """A bias-free linear layer whose weight rows are rescaled to norm g: the weight-normalised
-    last layer of DINOHead (Salimans & Kingma 2016), with g fixed at 1 unless `learn_norm`.
-
-    in_dim, out_dim: input and output widths. learn_norm: g is a learnable [out_dim] parameter
-    starting at 1 (DINO's norm_last_layer=False); otherwise it is 1 and there is no parameter.
-    """
-
-    def __init__(self, in_dim: int, out_dim: int, learn_norm: bool = False):
-        super().__init__()
-        # nn.Linear's own init: DINOHead builds this layer after its trunc-normal init pass.
-        self.weight = nn.Parameter(torch.empty(out_dim, in_dim))
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        self.g = nn.Parameter(torch.ones(out_dim)) if learn_norm else None
-
-    def normalized_weight(self) -> torch.Tensor:
-        w = F.normalize(self.weight, dim=1)  # [out_dim, in_dim], unit rows
-        return w if self.g is None else w * self.g.unsqueeze(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.normalized_weight())
-
-
-class DINOHead(nn.Module):
-    """MLP (GELU) to a bottleneck, L2 normalisation, then the weight-normalised linear layer to
-    `out_dim` logits (DINO appendix, "Projection head"). Arguments as in DINOConfig."""
-
-    def __init__(self, in_dim: int, cfg: DINOConfig):
-        super().__init__()
-        self.mlp = mlp(in_dim, cfg.proj_hidden, cfg.proj_dim, cfg.head_layers, bn=cfg.use_bn,
-                       act="gelu")
-        for m in self.mlp.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        self.last_layer = NormalizedLinear(cfg.proj_dim, cfg.out_dim,
-                                           learn_norm=not cfg.norm_last_layer)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.last_layer(F.normalize(self.mlp(x), dim=-1))
 
 
 def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor,
@@ -153,47 +113,34 @@ class DINO(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
-        self.head = DINOHead(backbone.dim, cfg)
+        self.head = DINOHead(backbone.dim, cfg.proj_hidden, cfg.proj_dim, cfg.head_layers,
+                             cfg.out_dim, bn=cfg.use_bn, learn_norm=not cfg.norm_last_layer)
         # The teacher starts as the student (main_dino.py loads the student's state into it).
-        self.teacher_backbone = make_teacher(backbone)
-        self.teacher_head = make_teacher(self.head)
-        # A buffer, so it is checkpointed; updated in on_step_end from what forward stashes.
+        self.teacher = EMATeacher(backbone, self.head, momentum=cfg.momentum, momentum_end=1.0)
+        # A buffer, so it is checkpointed; updated in on_step_end from the step's teacher outputs.
         self.register_buffer("center", torch.zeros(1, cfg.out_dim))
-        self._batch_center: torch.Tensor | None = None
 
     def teacher_temp(self, progress: Progress) -> float:
         c = self.cfg
         return warmup_schedule(c.warmup_teacher_temp, c.teacher_temp, progress.epoch,
                                c.warmup_teacher_temp_epochs)
 
-    def student_forward(self, views: list[torch.Tensor]) -> torch.Tensor:
-        """[V*B, K]: the backbone once per run of same-size crops (DINO's MultiCropWrapper, so
-        BatchNorm sees each resolution as one batch), the head once on every crop."""
-        feats, start = [], 0
-        while start < len(views):
-            stop = start + 1
-            while stop < len(views) and views[stop].shape[-2:] == views[start].shape[-2:]:
-                stop += 1
-            feats.append(self.backbone(torch.cat(views[start:stop])))
-            start = stop
-        return self.head(torch.cat(feats))
-
-    def forward(self, views: list[torch.Tensor], progress: Progress
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, views: list[torch.Tensor], progress: Progress) -> Output:
         if len(views) < 2 or views[0].shape != views[1].shape:
             raise ValueError("DINO takes 2 global crops of one size, then any local crops: set "
                              "views.n_views=2, or views.n_views=1 plus extra_views entries")
         b = views[0].shape[0]
-        student = self.student_forward(views).unflatten(0, (len(views), b))  # [V, B, K]
+        # The backbone once per crop resolution (so BatchNorm sees each as one batch), the head
+        # once on every crop.
+        student = self.head(encode_crops(self.backbone, views)).unflatten(0, (len(views), b))
         with torch.no_grad():
-            teacher = self.teacher_head(self.teacher_backbone(torch.cat(views[:2])))
-            teacher = teacher.float().unflatten(0, (2, b))  # [2, B, K]
+            teacher = self.teacher(torch.cat(views[:2])).float().unflatten(0, (2, b))  # [2, B, K]
             # Mean over the global batch; applied after the step, once the loss has used the old c.
-            self._batch_center = all_reduce_mean(teacher.mean(dim=(0, 1)).unsqueeze(0))
+            batch_center = all_reduce_mean(teacher.mean(dim=(0, 1)).unsqueeze(0))
         temp = self.teacher_temp(progress)
         loss, entropy = dino_loss(student, teacher, self.center, self.cfg.student_temp, temp)
-        return loss, {"teacher_entropy": entropy.detach(), "kl": (loss - entropy).detach(),
-                      "teacher_temp": torch.tensor(temp)}
+        return Output(loss, {"teacher_entropy": entropy.detach(), "kl": (loss - entropy).detach(),
+                             "teacher_temp": temp}, {"center": batch_center})
 
     def on_after_backward(self, progress: Progress) -> None:
         # The last layer stays at its init during the first epoch(s) (main_dino.py's
@@ -203,11 +150,7 @@ class DINO(nn.Module):
                 p.grad = None
 
     @torch.no_grad()
-    def on_step_end(self, progress: Progress) -> None:
-        m = cosine_schedule(self.cfg.momentum, 1.0, progress.update_fraction)
-        ema_update(self.teacher_backbone, self.backbone, m)
-        ema_update(self.teacher_head, self.head, m)
-        if self._batch_center is not None:
-            cm = self.cfg.center_momentum
-            self.center.mul_(cm).add_(self._batch_center, alpha=1 - cm)
-            self._batch_center = None
+    def on_step_end(self, progress: Progress, state: dict[str, torch.Tensor]) -> None:
+        self.teacher.update(progress)
+        cm = self.cfg.center_momentum
+        self.center.mul_(cm).add_(state["center"], alpha=1 - cm)

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.backbones.vit import patchify, require_vit, unpatchify
-from selfsup.methods.decoder import MaskedDecoder
-from selfsup.methods.schedules import Progress
+from selfsup.parts.decoder import MaskedDecoder
+from selfsup.protocol import Output, Progress
 from selfsup.views.masks import mask_from_order, mask_views, num_visible
 
 
@@ -41,6 +41,9 @@ class MAEConfig:
     decoder_dim: int = 512
     decoder_depth: int = 8
     decoder_heads: int = 16
+
+    tiny = ("backbone.name=vit_tiny", "backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2",
+            "views.n_views=1", "method.decoder_dim=32", "method.decoder_depth=1", "method.decoder_heads=2")
 
     def __post_init__(self):
         num_visible(1, self.mask_ratio)  # validates the ratio
@@ -78,10 +81,10 @@ class MAE(nn.Module):
         self.decoder = MaskedDecoder(backbone.dim, cfg.decoder_dim, cfg.decoder_depth,
                                      cfg.decoder_heads, p * p * c, backbone.num_prefix_tokens)
 
-    def prepare(self, views: list[Tensor], g: torch.Generator) -> list[Tensor]:
+    def prepare(self, views: list[Tensor], generator: torch.Generator) -> list[Tensor]:
         """[image views] -> [images, patch orders [B, L]] (visible patches first)."""
         return mask_views(views, self.backbone.patch_size, self.cfg.masking, self.cfg.mask_ratio,
-                          g, "MAE")
+                          generator, "MAE")
 
     def _grid(self, x: Tensor) -> tuple[int, int]:
         p = self.backbone.patch_size
@@ -97,11 +100,10 @@ class MAE(nn.Module):
         pred, _ = self.decoder(tokens, visible, grid)  # [B, L, P]
         return pred, patchify(x, self.backbone.patch_size), mask_from_order(order, k)
 
-    def forward(self, views: list[Tensor], progress: Progress
-                ) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, views: list[Tensor], progress: Progress) -> Output:
         x, order = views
         pred, target, mask = self.reconstruct(x, order)
-        return mae_loss(pred, target, mask, self.cfg.norm_pix_loss), {}
+        return Output(mae_loss(pred, target, mask, self.cfg.norm_pix_loss))
 
     @torch.no_grad()
     def pictures(self, views: list[Tensor]) -> dict[str, list[Tensor]]:
@@ -122,6 +124,3 @@ class MAE(nn.Module):
         masked = unpatchify(target.masked_fill(m, 0.0), p, c, grid)
         pasted = unpatchify(torch.where(m, pred, target), p, c, grid)
         return {"reconstructions": [x.float(), masked, pasted]}
-
-    def on_step_end(self, progress: Progress) -> None:
-        pass  # MAE keeps no per-step state

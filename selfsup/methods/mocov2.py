@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.methods.ema import ema_update, make_teacher
-from selfsup.methods.heads import mlp
-from selfsup.methods.queue import FeatureQueue
-from selfsup.methods.schedules import Progress, cosine_schedule
-from selfsup.train.distributed import gather, rank, world_size
+from selfsup.distributed import gather, rank, world_size
+from selfsup.parts.heads import mlp
+from selfsup.parts.queue import FeatureQueue
+from selfsup.parts.teacher import EMATeacher
+from selfsup.protocol import Output, Progress
 
 
 @dataclass
@@ -49,15 +49,17 @@ class MoCoV2Config:
     symmetric: bool = False
     shuffle_bn: bool = True
 
+    tiny = ("method.proj_hidden=32", "method.proj_dim=16", "method.queue_size=256")
+
     def __post_init__(self):
         if self.temperature <= 0:
             raise ValueError(f"method.temperature must be positive, got {self.temperature}")
         if self.queue_size < 1:
             raise ValueError(f"method.queue_size must be at least 1, got {self.queue_size}")
-        if not 0.0 <= self.momentum <= 1.0:
-            raise ValueError(f"method.momentum must be in [0, 1], got {self.momentum}")
-        if self.momentum_end is not None and not 0.0 <= self.momentum_end <= 1.0:
-            raise ValueError(f"method.momentum_end must be in [0, 1] or null, got {self.momentum_end}")
+        for field in ("momentum", "momentum_end"):
+            value = getattr(self, field)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"method.{field} must be in [0, 1], got {value}")
         for field in ("proj_hidden", "proj_dim"):
             if getattr(self, field) < 1:
                 raise ValueError(f"method.{field} must be at least 1, got {getattr(self, field)}")
@@ -115,18 +117,10 @@ class MoCoV2(nn.Module):
         self.cfg = cfg
         self.backbone = backbone
         self.projector = mlp(backbone.dim, cfg.proj_hidden, cfg.proj_dim, 2, bn=False)
-        # teacher[0] follows the backbone, teacher[1] the projector.
-        self.teacher = make_teacher(nn.Sequential(backbone, self.projector))
+        # The key encoder: teacher[0] follows the backbone, teacher[1] the projector.
+        self.teacher = EMATeacher(backbone, self.projector, momentum=cfg.momentum,
+                                  momentum_end=cfg.momentum_end)
         self.queue = FeatureQueue(cfg.queue_size, cfg.proj_dim)
-        self._keys: torch.Tensor | None = None  # this step's keys, enqueued in on_step_end
-
-    def momentum(self, progress: Progress) -> float:
-        """The key encoder's momentum after step `progress.step`: constant, or cosine from
-        `momentum` at the first step to `momentum_end` at the last."""
-        if self.cfg.momentum_end is None:
-            return self.cfg.momentum
-        fraction = progress.update_fraction
-        return cosine_schedule(self.cfg.momentum, self.cfg.momentum_end, fraction)
 
     def _contrast(self, x_q: torch.Tensor, x_k: torch.Tensor, seed: int
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -137,8 +131,7 @@ class MoCoV2(nn.Module):
         loss, acc = moco_infonce(q, k, self.queue.features, self.cfg.temperature)
         return loss, acc, k
 
-    def forward(self, views: list[torch.Tensor], progress: Progress
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, views: list[torch.Tensor], progress: Progress) -> Output:
         if len(views) != 2:
             raise ValueError(f"MoCo v2 takes 2 views, got {len(views)}: set views.n_views=2")
         x1, x2 = views
@@ -146,17 +139,13 @@ class MoCoV2(nn.Module):
         seed = 2 * progress.step
         loss, acc, k2 = self._contrast(x1, x2, seed)
         if not self.cfg.symmetric:
-            self._keys = k2
-            return loss, {"contrast_acc": acc}
+            return Output(loss, {"contrast_acc": acc}, {"keys": k2})
         loss_b, acc_b, k1 = self._contrast(x2, x1, seed + 1)
-        self._keys = torch.cat([k2, k1])
-        return (loss + loss_b) / 2, {"contrast_acc": (acc + acc_b) / 2}
+        return Output((loss + loss_b) / 2, {"contrast_acc": (acc + acc_b) / 2},
+                      {"keys": torch.cat([k2, k1])})
 
     @torch.no_grad()
-    def on_step_end(self, progress: Progress) -> None:
-        if self._keys is not None:
-            self.queue.push(self._keys)
-            self._keys = None
-        m = self.momentum(progress)
-        ema_update(self.teacher[0], self.backbone, m)
-        ema_update(self.teacher[1], self.projector, m)
+    def on_step_end(self, progress: Progress, state: dict[str, torch.Tensor]) -> None:
+        # The step's keys are enqueued only now, after the loss has used the older ones.
+        self.queue.push(state["keys"])
+        self.teacher.update(progress)

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.methods.ema import ema_update, make_teacher
-from selfsup.methods.heads import mlp
-from selfsup.methods.schedules import Progress, cosine_schedule
-from selfsup.train.distributed import gather, rank
+from selfsup.distributed import gather, rank
+from selfsup.parts.heads import mlp
+from selfsup.parts.teacher import EMATeacher
+from selfsup.protocol import Output, Progress
 
 
 @dataclass
@@ -47,6 +47,8 @@ class MoCoV3Config:
     pred_hidden: Optional[int] = None
     pred_last_bn: bool = False
     freeze_patch_embed: bool = False
+
+    tiny = ("method.proj_hidden=32", "method.proj_dim=16")
 
     def __post_init__(self):
         if self.temperature <= 0:
@@ -91,17 +93,12 @@ class MoCoV3(nn.Module):
         self.projector = mlp(backbone.dim, cfg.proj_hidden, cfg.proj_dim, cfg.proj_layers, last_bn=True)
         self.predictor = mlp(cfg.proj_dim, cfg.pred_hidden or cfg.proj_hidden, cfg.proj_dim, 2,
                              last_bn=cfg.pred_last_bn)
-        # teacher[0] follows the backbone, teacher[1] the projector; the predictor has no copy.
-        self.teacher = make_teacher(nn.Sequential(backbone, self.projector))
+        # The momentum encoder: teacher[0] follows the backbone, teacher[1] the projector; the
+        # predictor has no copy.
+        self.teacher = EMATeacher(backbone, self.projector, momentum=cfg.momentum,
+                                  momentum_end=cfg.momentum_end)
 
-    def momentum(self, progress: Progress) -> float:
-        """The momentum of the EMA step taken after step `progress.step`: `momentum` after the
-        first step, `momentum_end` after the last."""
-        fraction = progress.update_fraction
-        return cosine_schedule(self.cfg.momentum, self.cfg.momentum_end, fraction)
-
-    def forward(self, views: list[torch.Tensor], progress: Progress
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, views: list[torch.Tensor], progress: Progress) -> Output:
         if len(views) != 2:
             raise ValueError(f"MoCo v3 takes 2 views, got {len(views)}: set views.n_views=2")
         x1, x2 = views
@@ -114,10 +111,7 @@ class MoCoV3(nn.Module):
         offset = rank() * x1.shape[0]
         t = self.cfg.temperature
         loss = mocov3_contrastive(q1, k2, t, offset) + mocov3_contrastive(q2, k1, t, offset)
-        return loss, {"momentum": torch.tensor(self.momentum(progress))}
+        return Output(loss, {"momentum": self.teacher.momentum(progress)})
 
-    @torch.no_grad()
-    def on_step_end(self, progress: Progress) -> None:
-        m = self.momentum(progress)
-        ema_update(self.teacher[0], self.backbone, m)
-        ema_update(self.teacher[1], self.projector, m)
+    def on_step_end(self, progress: Progress, state: dict[str, torch.Tensor]) -> None:
+        self.teacher.update(progress)

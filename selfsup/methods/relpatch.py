@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from selfsup.methods.heads import mlp
-from selfsup.methods.schedules import Progress
+from selfsup.losses import cross_entropy_accuracy
+from selfsup.parts.heads import mlp
+from selfsup.protocol import Output, Progress
 from selfsup.views.pretext import (check_grid, cut_tiles, drop_colours, grid_positions,
                                    neighbour_pairs, project_green_magenta)
 
@@ -66,6 +66,8 @@ class RelPatchConfig:
     head_hidden: int = 512
     head_layers: int = 2
 
+    tiny = ("views.n_views=1", "views.size=24", "method.head_hidden=32")
+
     def __post_init__(self):
         if self.aberration not in ABERRATION:
             raise ValueError(f"method.aberration must be one of {ABERRATION}, got {self.aberration!r}")
@@ -88,14 +90,6 @@ class RelPatchConfig:
         jitter = self.jitter if self.jitter is not None else round(tile * 7 / 96)
         check_grid(size, 3, tile, gap, jitter, "method")
         return tile, gap, jitter
-
-
-def relpatch_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy over the 8 neighbour positions, and the share classified right.
-
-    logits: [N, 8] for N (centre, neighbour) pairs; labels: [N] in 0..7 (row-major, fig. 2)."""
-    logits = logits.float()
-    return F.cross_entropy(logits, labels), (logits.argmax(dim=1) == labels).float().mean()
 
 
 class RelPatch(nn.Module):
@@ -126,8 +120,7 @@ class RelPatch(nn.Module):
             patches = project_green_magenta(patches)
         return [patches.contiguous(), labels.flatten()]
 
-    def forward(self, views: list[torch.Tensor], progress: Progress
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, views: list[torch.Tensor], progress: Progress) -> Output:
         if len(views) != 2:
             raise ValueError("RelPatch takes (patches, labels) from its prepare(); got "
                              f"{len(views)} tensors")
@@ -137,8 +130,6 @@ class RelPatch(nn.Module):
         h = h.view(-1, 1 + k, h.shape[-1])
         centre = h[:, :1].expand(-1, k, -1)
         pairs = torch.cat([centre, h[:, 1:]], dim=-1).flatten(0, 1)  # [B * K, 2D]
-        loss, acc = relpatch_loss(self.classifier(pairs), labels)
-        return loss, {"pos_acc": acc}
-
-    def on_step_end(self, progress: Progress) -> None:
-        pass  # no per-step state
+        # logits [B * K, 8] over the neighbour positions; labels in 0..7 (row-major, fig. 2)
+        loss, acc = cross_entropy_accuracy(self.classifier(pairs), labels)
+        return Output(loss, {"pos_acc": acc})

@@ -14,11 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from selfsup.methods.heads import mlp
-from selfsup.methods.schedules import Progress
+from selfsup.losses import cross_entropy_accuracy
+from selfsup.parts.heads import mlp
+from selfsup.protocol import Output, Progress
 from selfsup.views.pretext import rotations
 
 
@@ -34,19 +34,13 @@ class RotationConfig:
     head_hidden: int = 512
     head_layers: int = 2
 
+    tiny = ("views.n_views=1", "method.head_hidden=32")
+
     def __post_init__(self):
         if self.head_layers < 1:
             raise ValueError(f"method.head_layers must be at least 1, got {self.head_layers}")
         if self.head_hidden < 1:
             raise ValueError(f"method.head_hidden must be at least 1, got {self.head_hidden}")
-
-
-def rotation_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy over the 4 rotations and the share classified right.
-
-    logits: [4B, 4]; targets: [4B] in 0..3 (k quarter turns counter-clockwise)."""
-    logits = logits.float()
-    return F.cross_entropy(logits, targets), (logits.argmax(dim=1) == targets).float().mean()
 
 
 class Rotation(nn.Module):
@@ -66,14 +60,11 @@ class Rotation(nn.Module):
             out.extend(rotations(v))
         return out
 
-    def forward(self, views: list[torch.Tensor], progress: Progress
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, views: list[torch.Tensor], progress: Progress) -> Output:
         if len(views) % 2:
             raise ValueError("Rotation takes (images, targets) pairs from its prepare(); got "
                              f"{len(views)} tensors")
         images, targets = torch.cat(views[0::2]), torch.cat(views[1::2])
-        loss, acc = rotation_loss(self.classifier(self.backbone(images)), targets)
-        return loss, {"rot_acc": acc}
-
-    def on_step_end(self, progress: Progress) -> None:
-        pass  # no per-step state
+        # logits [4B, 4]; targets [4B] in 0..3 (k quarter turns counter-clockwise)
+        loss, acc = cross_entropy_accuracy(self.classifier(self.backbone(images)), targets)
+        return Output(loss, {"rot_acc": acc})

@@ -10,7 +10,7 @@ tokenizer ids: BEiT's masked token prediction, from A for B and from B for A ("i
 decoder outputs of each half are averaged into one global descriptor per half, and an InfoNCE
 loss over the batch pairs the two halves of the same image ("match"), which asks for features
 that agree whatever subset of the image was seen. The InfoNCE is computed as SimCLR's NT-Xent
-(`simclr.nt_xent`): every other descriptor of the global batch, of either half, is a negative.
+(`losses.global_nt_xent`): every other descriptor of the global batch, of either half, is a negative.
 Both losses are weighted and settable.
 """
 
@@ -20,16 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.backbones.vit import patchify, require_vit
-from selfsup.methods.beit import masked_token_loss
-from selfsup.methods.decoder import MaskedDecoder
-from selfsup.methods.schedules import Progress
-from selfsup.methods.simclr import nt_xent
-from selfsup.methods.tokenizers import PatchTokenizer, TokenizerConfig, build_from_views
-from selfsup.train.distributed import gather_with_grad, rank
+from selfsup.losses import cross_entropy_accuracy, global_nt_xent
+from selfsup.parts.decoder import MaskedDecoder
+from selfsup.parts.tokenizers import PatchTokenizer, TokenizerConfig, build_from_views
+from selfsup.protocol import Output, Progress
 from selfsup.views.masks import mask_views
 
 
@@ -48,6 +45,10 @@ class SplitMaskConfig(TokenizerConfig):
     mim_weight: float = 1.0
     contrast_weight: float = 1.0
     temperature: float = 0.2
+
+    tiny = ("backbone.name=vit_tiny", "backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2",
+            "views.n_views=1", "method.vocab_size=32", "method.tokenizer_images=256",
+            "method.decoder_dim=32", "method.decoder_depth=1", "method.decoder_heads=2")
 
     def __post_init__(self):
         super().__post_init__()
@@ -73,9 +74,7 @@ class SplitMask(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = require_vit(backbone, "SplitMask")
-        p = backbone.patch_size
-        self.tokenizer = PatchTokenizer(cfg.tokenizer, cfg.assign, cfg.vocab_size,
-                                        p * p * backbone.in_channels)
+        self.tokenizer = PatchTokenizer.for_vit(cfg, backbone)
         self.decoder = MaskedDecoder(backbone.dim, cfg.decoder_dim, cfg.decoder_depth,
                                      cfg.decoder_heads, cfg.vocab_size, backbone.num_prefix_tokens)
 
@@ -84,17 +83,16 @@ class SplitMask(nn.Module):
         resumed run reads it back from the checkpoint."""
         build_from_views(self.tokenizer, self.cfg, sample, self.backbone.patch_size, seed)
 
-    def prepare(self, views: list[Tensor], g: torch.Generator) -> list[Tensor]:
+    def prepare(self, views: list[Tensor], generator: torch.Generator) -> list[Tensor]:
         """[image views] -> [images, random patch orders [B, L]] (split into halves in forward)."""
-        return mask_views(views, self.backbone.patch_size, "random", 0.0, g, "SplitMask")
+        return mask_views(views, self.backbone.patch_size, "random", 0.0, generator, "SplitMask")
 
     def _branch(self, x: Tensor, seen: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """Encode the patches `seen` [B, K]; decoder logits [B, L, V] and descriptor [B, dim]."""
         logits, hidden = self.decoder(self.backbone.forward_tokens(x, keep=seen), seen, grid)
         return logits, hidden.mean(dim=1)
 
-    def forward(self, views: list[Tensor], progress: Progress
-                ) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, views: list[Tensor], progress: Progress) -> Output:
         x, order = views
         b, p = x.shape[0], self.backbone.patch_size
         grid = (x.shape[-2] // p, x.shape[-1] // p)
@@ -111,18 +109,13 @@ class SplitMask(nn.Module):
         def inpaint(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
             """logits [B, L, V] at the other half's positions `target` [B, K']."""
             picked = logits.gather(1, target.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
-            return masked_token_loss(picked.flatten(0, 1), tokens.gather(1, target).flatten())
+            return cross_entropy_accuracy(picked.flatten(0, 1), tokens.gather(1, target).flatten())
 
         mim_a, acc_a = inpaint(logits_a, half_b)  # A predicts B's tokens
         mim_b, acc_b = inpaint(logits_b, half_a)
-        z = F.normalize(torch.cat([desc_a, desc_b]).float(), dim=1)  # [2B, D]
-        z_all = gather_with_grad(z)  # negatives from every process, as SimCLR's
-        contrast, contrast_acc = nt_xent(desc_a, desc_b, self.cfg.temperature, z_all,
-                                         offset=rank() * 2 * b)
+        # Negatives from every process, as SimCLR's.
+        contrast, contrast_acc = global_nt_xent(desc_a, desc_b, self.cfg.temperature)
         mim = 0.5 * (mim_a + mim_b)
         loss = self.cfg.mim_weight * mim + self.cfg.contrast_weight * contrast
-        return loss, {"mim": mim.detach(), "contrast": contrast.detach(),
-                      "token_acc": 0.5 * (acc_a + acc_b), "contrast_acc": contrast_acc}
-
-    def on_step_end(self, progress: Progress) -> None:
-        pass  # the codebook is fixed; SplitMask keeps no per-step state
+        return Output(loss, {"mim": mim.detach(), "contrast": contrast.detach(),
+                             "token_acc": 0.5 * (acc_a + acc_b), "contrast_acc": contrast_acc})

@@ -1,8 +1,10 @@
-"""Optimizers (SGD, AdamW, LARS), parameter groups and the warm-up + cosine schedule."""
+"""Optimizers (SGD, AdamW, LARS), their parameter groups and the one weight-decay rule, for
+pretraining and fine-tuning alike."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -49,19 +51,40 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def param_groups(model: nn.Module, weight_decay: float, exclude_bias_norm: bool) -> list[dict]:
-    """Two groups: weights, and 1-d parameters (biases, norm scales) which get no weight decay and
-    no LARS adaptation when `exclude_bias_norm`. `decay` marks the group a weight-decay schedule
-    drives. Parameters that take no gradient (EMA teachers) are left out."""
-    decay, no_decay = [], []
-    for p in model.parameters():
+# Learned tokens and position embeddings get no weight decay (the no_weight_decay lists of the
+# official MAE, BEiT and DINO ViTs), like biases and norm scales.
+NO_DECAY = ("cls_token", "mask_token", "pos_embed")
+
+
+def decays(name: str, p: torch.Tensor) -> bool:
+    """The one weight-decay rule, for pretraining and fine-tuning alike: weight matrices and
+    kernels decay; 1-d parameters (biases, norm scales) and learned tokens do not."""
+    return p.ndim > 1 and name.rsplit(".", 1)[-1] not in NO_DECAY
+
+
+def param_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float,
+                 exclude_bias_norm: bool = True, depth: Callable[[str], int] | None = None,
+                 top: int = 0, layer_decay: float = 1.0) -> list[dict]:
+    """Optimizer groups of the trainable parameters in `named` ((name, parameter) pairs).
+
+    exclude_bias_norm: parameters that `decays` exempts get no weight decay and no LARS
+        adaptation (SimCLR appendix B.1); False: every parameter decays.
+    depth, top, layer_decay: layer-wise lr decay (fine-tuning): the parameter called n gets
+        lr_scale = layer_decay ** (top - depth(n)); without `depth` every lr_scale is 1.
+    Each group carries `weight_decay`, `decay` (whether a weight-decay schedule drives it),
+    `lars_exclude` and `lr_scale`; `set_lr` applies the schedule through them.
+    """
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in named:
         if not p.requires_grad:
             continue
-        (no_decay if exclude_bias_norm and p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay, "decay": True}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "decay": False, "lars_exclude": True})
-    return groups
+        decay = decays(name, p) or not exclude_bias_norm
+        d = depth(name) if depth is not None else 0
+        g = groups.setdefault((d, decay), {
+            "params": [], "weight_decay": weight_decay if decay else 0.0, "decay": decay,
+            "lars_exclude": not decay, "lr_scale": layer_decay ** (top - d), "depth": d})
+        g["params"].append(p)
+    return [groups[k] for k in sorted(groups, key=lambda k: (k[0], not k[1]))]
 
 
 def peak_lr(base_lr: float, batch_size: int, scaling: str) -> float:
@@ -72,22 +95,26 @@ def peak_lr(base_lr: float, batch_size: int, scaling: str) -> float:
     return base_lr
 
 
-def build_optimizer(model: nn.Module, tcfg, lr: float) -> torch.optim.Optimizer:
-    groups = param_groups(model, tcfg.weight_decay, tcfg.wd_exclude_bias_norm)
-    if tcfg.optimizer == "lars":
-        return LARS(groups, lr=lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay,
-                    trust_coef=tcfg.lars_trust)
-    for g in groups:
-        g.pop("lars_exclude", None)
-    if tcfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=tcfg.momentum, foreach=True)
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(tcfg.betas), foreach=True)
+def build_optimizer(groups: list[dict], optimizer: str, lr: float, momentum: float = 0.9,
+                    betas: Sequence[float] = (0.9, 0.999), lars_trust: float = 1e-3
+                    ) -> torch.optim.Optimizer:
+    """sgd (momentum), adamw or lars over `param_groups` groups (each at lr x its lr_scale),
+    foreach implementations."""
+    groups = [{**g, "lr": lr * g.get("lr_scale", 1.0)} for g in groups]
+    if optimizer == "lars":
+        return LARS(groups, lr=lr, momentum=momentum, trust_coef=lars_trust)
+    groups = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]
+    if optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, foreach=True)
+    if optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), foreach=True)
+    raise ValueError(f"optimizer must be sgd, adamw or lars, got {optimizer!r}")
 
 
-def cosine_lr(step: int, total_steps: int, warmup_steps: int, peak: float, floor: float) -> float:
-    """Linear warm-up from ~0 to `peak`, then half-cosine down to `floor` (SGDR, Loshchilov &
-    Hutter 2017, without restarts)."""
-    if step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float | None = None) -> None:
+    """This step's learning rate (times each group's lr_scale) and, when scheduled, weight decay
+    (of the groups that decay)."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+        if weight_decay is not None and g.get("decay", True):
+            g["weight_decay"] = weight_decay

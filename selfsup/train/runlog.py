@@ -6,22 +6,24 @@ import json
 import math
 from pathlib import Path
 
+from selfsup.runfolder import RunFolder
+
 
 class RunLog:
     """Appends `{"kind": ..., **values}` lines to metrics.jsonl and scalars to TensorBoard.
-    Only the main process writes; other ranks get `RunLog(None)`, which does nothing."""
+    Only the main process writes; other ranks get `RunLog(None)`, which does nothing. Values may
+    be numbers, strings or 0-dim tensors (read here, at the log point)."""
 
-    def __init__(self, run_dir: Path | None, tensorboard: bool = True):
-        self.run_dir = run_dir
+    def __init__(self, run: RunFolder | None, tensorboard: bool = True):
         self._file = None
         self._tb = None
-        if run_dir is None:
+        if run is None:
             return
-        self._file = open(Path(run_dir) / "metrics.jsonl", "a", buffering=1)
+        self._file = open(run.metrics, "a", buffering=1)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
+            self._tb = SummaryWriter(str(run.tensorboard))
 
     def log(self, kind: str, step: int, **values) -> None:
         if self._file is None:
@@ -49,7 +51,7 @@ class RunLog:
 
 
 def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunFolder(run_dir).metrics
     if not path.exists():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,15 +1,19 @@
 """One plain training loop for every method.
 
 uint8 images live on the training device; each step takes a slice of a seeded permutation, makes
-the method's views there, runs the method under autocast, steps the optimizer and the method's
-per-step state. The run folder gets the resolved config, metrics.jsonl, TensorBoard events,
-checkpoints and the final encoder weights.
+the method's views there, and updates each of the method's parameter sets in turn (one set for
+most methods; a GAN's discriminator then its generator): loss under autocast, backward, clip,
+optimizer step. Then the method's per-step state. The contract with the method is
+`selfsup/protocol.py`. The run folder (`selfsup/runfolder.py`) gets the resolved config, metrics,
+TensorBoard events, checkpoints and the final encoder weights.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -17,53 +21,23 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from selfsup import distributed as dist
 from selfsup.backbones import build_backbone
-from selfsup.config import Config, ConfigError, to_yaml, view_configs
+from selfsup.config import Config, ConfigError, ParamSetConfig, to_yaml, view_configs
 from selfsup.data import ImageSet, dataset_stats, load_dataset
-from selfsup.eval.features import frozen_eval
-from selfsup.eval.protocols import knn_eval
+from selfsup.device import autocast, resolve_device, resolve_precision
+from selfsup.eval.features import FeatureCache, frozen_eval
+from selfsup.eval.protocols import evaluate
 from selfsup.methods import build_method
-from selfsup.methods.schedules import Progress, cosine_schedule
-from selfsup.run import write_stats
-from selfsup.train import distributed as dist
+from selfsup.protocol import Output, Progress, hook, param_sets, set_parameters
+from selfsup.runfolder import RunFolder
+from selfsup.schedules import cosine_schedule, warmup_cosine
 from selfsup.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_weights
-from selfsup.train.optim import build_optimizer, cosine_lr, peak_lr
+from selfsup.train.optim import build_optimizer, param_groups, peak_lr, set_lr
 from selfsup.train.pictures import grid_image, save_png
 from selfsup.train.runlog import RunLog
+from selfsup.train.step import LossWindow, backward_step, check_finite
 from selfsup.views import build_view_set
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or Inf; the last good checkpoint is left in place."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", dist.local_rank())
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def cpu_has_bf16() -> bool:
-    """avx512_bf16 or AMX: the CPUs on which bf16 autocast is faster than fp32, not slower."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:
-        return False
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32."""
-    if name == "fp32":
-        return None
-    if name == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else None
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -94,6 +68,32 @@ def build_model(cfg: Config, in_channels: int) -> nn.Module:
     return build_method(cfg.method, backbone)
 
 
+class _SetLoss(nn.Module):
+    """What DDP wraps for one parameter set: a module holding exactly the set's parameters (so DDP
+    averages their gradients, and only theirs) whose forward is the set's loss."""
+
+    def __init__(self, params: list[nn.Parameter], loss: Callable[..., Output]):
+        super().__init__()
+        self.params = nn.ParameterList(params)
+        self.loss = loss
+
+    def forward(self, views: list[torch.Tensor], progress: Progress) -> Output:
+        return self.loss(views, progress)
+
+
+@dataclass
+class OptimizedSet:
+    """A parameter set as the trainer runs it: its loss (wrapped for DDP and compile), optimizer,
+    resolved settings (every ParamSetConfig field filled) and peak learning rate."""
+
+    name: str
+    params: list[nn.Parameter]
+    loss: Callable[..., Output]
+    optimizer: torch.optim.Optimizer
+    settings: ParamSetConfig
+    peak_lr: float
+
+
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path | None = None, recipe: str = "run"):
         self.cfg = cfg
@@ -102,9 +102,10 @@ class Trainer:
         dist.init_distributed(self.device)
         if t.threads:
             torch.set_num_threads(t.threads)
-        self.amp_dtype = resolve_precision(t.precision, self.device)
+        self.precision = resolve_precision(t.precision, self.device)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        self.run_dir = Path(run_dir) if run_dir else Path(t.out) / (t.run_name or f"{recipe}-{stamp}")
+        self.run = RunFolder(Path(run_dir) if run_dir else Path(t.out) / (t.run_name or f"{recipe}-{stamp}"))
+        self.run_dir = self.run.path
 
         self.train_set, self.test_set, self.mean, self.std = prepare_data(cfg)
         self.world = dist.world_size()
@@ -127,44 +128,79 @@ class Trainer:
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.views = build_view_set(view_configs(cfg), self.mean, self.std)
-        self.peak_lr = peak_lr(t.lr, t.batch_size, t.lr_scaling)
-        self.optimizer = build_optimizer(self.model, t, self.peak_lr)
+        self.sets = self._build_sets()
         self.step = 0
         self._aug = torch.Generator(device=self.device)
-        self.last_metrics: dict[str, torch.Tensor] = {}
+        self.last_metrics: dict = {}
 
-        self.forward = self.model
-        if dist.is_distributed():
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            # Buffers are not broadcast from rank 0 each step: queues and centres are updated
-            # from gathered values on every rank alike, and BN running statistics stay per rank.
-            self.forward = nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
-                                                               broadcast_buffers=False)
-        if t.compile:
-            self.forward = torch.compile(self.forward)
+    def _build_sets(self) -> list[OptimizedSet]:
+        """The method's parameter sets, each with its optimizer: the trainer's settings, then the
+        method's defaults for the set, then the recipe's `trainer.param_sets.<name>`."""
+        t = self.cfg.trainer
+        try:
+            declared = param_sets(self.model)
+        except ValueError as e:
+            raise ConfigError(f"method.name={self.cfg.method.name}: {e}") from None
+        names = [s.name for s in declared]
+        unknown = sorted(set(t.param_sets) - set(names))
+        if unknown:
+            raise ConfigError(f"trainer.param_sets.{unknown[0]}: {self.cfg.method.name} has the "
+                              f"parameter set(s) {', '.join(names)}")
+        fields = [f.name for f in dataclasses.fields(ParamSetConfig)]
+        owner = {id(p): n for n, p in self.model.named_parameters()}
+        out = []
+        for s in declared:
+            bad = sorted(set(s.optim) - set(fields))
+            if bad:
+                raise ValueError(f"{type(self.model).__name__}: parameter set {s.name!r} sets "
+                                 f"{bad}, which are not optimizer settings ({', '.join(fields)})")
+            given = t.param_sets.get(s.name, ParamSetConfig())
+            settings = ParamSetConfig(**{f: getattr(given, f) if getattr(given, f) is not None
+                                         else s.optim.get(f, getattr(t, f)) for f in fields})
+            params = set_parameters(s)
+            groups = param_groups([(owner[id(p)], p) for p in params], settings.weight_decay,
+                                  t.wd_exclude_bias_norm)
+            lr = peak_lr(settings.lr, t.batch_size, t.lr_scaling)
+            optimizer = build_optimizer(groups, settings.optimizer, lr, momentum=settings.momentum,
+                                        betas=settings.betas, lars_trust=t.lars_trust)
+            loss = s.loss
+            if dist.is_distributed():
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                # Buffers are not broadcast from rank 0 each step: queues and centres are updated
+                # from gathered values on every rank alike, and BN running statistics stay per rank.
+                loss = nn.parallel.DistributedDataParallel(_SetLoss(params, s.loss), device_ids=ids,
+                                                           broadcast_buffers=False)
+            if t.compile:
+                loss = torch.compile(loss)
+            out.append(OptimizedSet(s.name, params, loss, optimizer, settings, lr))
+        return out
 
     # -- checkpoints -------------------------------------------------------------------------
     def save(self) -> None:
         if not dist.is_main():
             return
-        state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
-                 "torch_rng": torch.get_rng_state()}
-        save_checkpoint(self.run_dir / "checkpoints", self.model.state_dict(), state, self.step)
+        state = {"step": self.step, "torch_rng": torch.get_rng_state(),
+                 "optimizers": {s.name: s.optimizer.state_dict() for s in self.sets}}
+        save_checkpoint(self.run.checkpoints, self.model.state_dict(), state, self.step)
 
     def resume(self) -> bool:
         """Continue from the run folder's latest checkpoint, if there is one."""
-        path = latest_checkpoint(self.run_dir / "checkpoints")
+        path = latest_checkpoint(self.run.checkpoints)
         if path is None:
             return False
         weights, state = load_checkpoint(path)
         self.model.load_state_dict(weights)
-        self.optimizer.load_state_dict(state["optimizer"])
+        for s in self.sets:
+            s.optimizer.load_state_dict(state["optimizers"][s.name])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
         return True
 
     # -- evaluation --------------------------------------------------------------------------
-    def knn(self) -> dict | None:
+    def evaluate(self, protocols: tuple[str, ...] = ("knn",)) -> dict[str, dict] | None:
+        """{protocol: result} of the backbone as it is now, by `selfsup.eval.protocols` on one
+        feature cache: the labelled training images (at most `trainer.knn_bank` of them) against
+        the test split. None without a labelled test split, and on ranks other than 0."""
         if self.test_set is None or not dist.is_main():
             return None
         t, e = self.cfg.trainer, self.cfg.eval
@@ -172,27 +208,32 @@ class Trainer:
         if t.knn_bank is not None and t.knn_bank < len(bank):
             pick = torch.randperm(len(bank), generator=torch.Generator().manual_seed(t.seed + 1))
             bank = bank.subset(pick[: t.knn_bank])
-        return knn_eval(self.model.backbone, bank, self.test_set, self.mean, self.std, e,
-                        size=self.cfg.eval.size or self.cfg.views.size, device=self.device,
-                        precision="bf16" if self.amp_dtype is not None else "fp32")
+        cache = FeatureCache(self.model.backbone, self.mean, self.std, batch_size=e.batch_size,
+                             device=self.device, precision=self.precision)
+        return evaluate(cache, bank, self.test_set, e, protocols, size=e.size or self.cfg.views.size,
+                        seed=t.seed)
+
+    def knn(self) -> dict | None:
+        res = self.evaluate(("knn",))
+        return res and res["knn"]
 
     # -- the loop ----------------------------------------------------------------------------
     def progress(self) -> Progress:
         return Progress(self.step, self.steps_per_epoch, self.total_steps)
 
     def set_schedules(self) -> float:
-        """Learning rate (and weight decay, if scheduled) of the current step; returns the lr."""
+        """Learning rate (and weight decay, if scheduled) of the current step for every set;
+        returns the first set's learning rate."""
         t = self.cfg.trainer
         warmup = round(t.warmup_epochs * self.steps_per_epoch)
-        lr = cosine_lr(self.step, self.total_steps, warmup, self.peak_lr, t.min_lr * self.peak_lr)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
-        if t.weight_decay_end is not None:
-            wd = cosine_schedule(t.weight_decay, t.weight_decay_end, self.progress().fraction)
-            for g in self.optimizer.param_groups:
-                if g["decay"]:
-                    g["weight_decay"] = wd
-        return lr
+        lrs = []
+        for s in self.sets:
+            lrs.append(warmup_cosine(self.step, self.total_steps, warmup, s.peak_lr, t.min_lr * s.peak_lr))
+            wd = s.settings.weight_decay_end
+            if wd is not None:
+                wd = cosine_schedule(s.settings.weight_decay, wd, self.progress().fraction)
+            set_lr(s.optimizer, lrs[-1], wd)
+        return lrs[0]
 
     @torch.no_grad()
     def make_views(self, x: torch.Tensor, aug_seed: int) -> list[torch.Tensor]:
@@ -201,8 +242,9 @@ class Trainer:
         generator seeded with `aug_seed`, so a step's draws depend only on the seed, rank and step."""
         g = self._aug.manual_seed(aug_seed)
         views = self.views(x, g)
-        if hasattr(self.model, "prepare"):
-            views = self.model.prepare(views, g)
+        prepare = hook(self.model, "prepare")
+        if prepare:
+            views = prepare(views, g)
         if self.cfg.trainer.channels_last:  # image batches only; targets and masks stay as they are
             views = [v.contiguous(memory_format=torch.channels_last)
                      if v.dim() == 4 and v.is_floating_point() else v for v in views]
@@ -216,41 +258,45 @@ class Trainer:
                  for i, idx in enumerate(pick.split(self.local_batch))]
         return [torch.cat(p) for p in zip(*parts)]
 
-    def train_step(self, x: torch.Tensor, aug_seed: int) -> torch.Tensor:
-        """One optimizer step on a uint8 batch [B, C, H, W] on the device: the method's views
-        (drawn from `aug_seed`), forward under autocast, backward, clip, step, per-step state.
-        Returns the detached loss; the method's metrics are kept in `last_metrics`."""
-        t = self.cfg.trainer
+    def train_step(self, x: torch.Tensor, aug_seed: int) -> dict[str, torch.Tensor]:
+        """One step on a uint8 batch [B, C, H, W] on the device: the method's views (drawn from
+        `aug_seed`), then for each parameter set in order its loss under autocast, backward, clip
+        and optimizer step, then the method's per-step state. Returns {set name: detached loss};
+        the method's metrics are kept in `last_metrics`."""
         progress = self.progress()
         views = self.make_views(x, aug_seed)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
-                            enabled=self.amp_dtype is not None):
-            loss, self.last_metrics = self.forward(views, progress)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if hasattr(self.model, "on_after_backward"):  # e.g. DINO freezing its last layer
-            self.model.on_after_backward(progress)
-        if t.grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-        self.optimizer.step()
-        self.model.on_step_end(progress)
-        return loss.detach()
+        after = hook(self.model, "on_after_backward")
+        losses, metrics, state = {}, {}, {}
+        for s in self.sets:
+            with autocast(self.device, self.precision):
+                out = s.loss(views, progress)
+            backward_step(out.loss, s.optimizer, s.params, s.settings.grad_clip,
+                          after and (lambda: after(progress)))
+            losses[s.name] = out.loss.detach()
+            metrics.update(out.metrics or {})
+            state.update(out.state or {})
+        on_step_end = hook(self.model, "on_step_end")
+        if on_step_end:
+            on_step_end(progress, state)
+        self.last_metrics = metrics
+        return losses
 
     def fit(self) -> Path:
         t = self.cfg.trainer
         main = dist.is_main()
         if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg))
-            write_stats(self.run_dir, self.mean, self.std)
-        log = RunLog(self.run_dir if main else None)
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            self.run.config.write_text(to_yaml(self.cfg))
+            self.run.write_stats(self.mean, self.std)
+        log = RunLog(self.run if main else None)
         rank, n = dist.rank(), len(self.train_set)
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (main and t.progress),
                    desc=f"{self.cfg.method.name}", unit="step", dynamic_ncols=True)
-        train_time, window_start, window_steps = 0.0, time.perf_counter(), 0
-        running = torch.zeros((), device=self.device)
-        if hasattr(self.model, "init_from_data"):  # e.g. a tokenizer's codebook, built once
-            self.model.init_from_data(lambda k: self.sample_views(k, t.seed), seed=t.seed)
+        train_time, window_start = 0.0, time.perf_counter()
+        window = LossWindow()
+        init = hook(self.model, "init_from_data")
+        if init:  # e.g. a tokenizer's codebook, built once
+            init(lambda k: self.sample_views(k, t.seed), seed=t.seed)
         self.model.train()
         try:
             while self.step < self.total_steps:
@@ -260,10 +306,8 @@ class Trainer:
                 idx = perm[lo: lo + self.local_batch].to(self.images.device)
                 x = self.images[idx].to(self.device, non_blocking=True)
                 lr = self.set_schedules()
-                loss = self.train_step(x, step_seed(t.seed, rank, self.step))
+                window.add(self.train_step(x, step_seed(t.seed, rank, self.step)))
                 self.step += 1
-                window_steps += 1
-                running += loss
                 bar.update(1)
 
                 epoch_done = self.step % self.steps_per_epoch == 0
@@ -271,17 +315,20 @@ class Trainer:
                 if self.step % t.log_every == 0 or epoch_done or save_now:
                     # The only host sync of the loop: every log_every steps, and before a save,
                     # so that a checkpoint is never written after a NaN.
-                    mean_loss = (running / window_steps).item()
+                    steps = window.steps
+                    losses = window.read()
                     now = time.perf_counter()
                     train_time += now - window_start
-                    self._check_finite(mean_loss, epoch)
-                    ips = window_steps * t.batch_size / max(now - window_start, 1e-9)
-                    log.log("train", self.step, epoch=self.step / self.steps_per_epoch, loss=mean_loss,
-                            lr=lr, images_per_s=ips, train_time_s=train_time,
-                            **{k: v.item() for k, v in self.last_metrics.items()})
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}", img_s=f"{ips:.0f}")
-                    running.zero_()
-                    window_steps = 0
+                    check_finite(losses, f"at step {self.step} (epoch {epoch})",
+                                 f"Last good checkpoint: {latest_checkpoint(self.run.checkpoints) or 'none'}. "
+                                 "Try a lower trainer.lr, trainer.grad_clip, or trainer.precision=fp32.")
+                    ips = steps * t.batch_size / max(now - window_start, 1e-9)
+                    per_set = {f"loss_{k}": v for k, v in losses.items()} if len(losses) > 1 else {}
+                    loss = sum(losses.values())
+                    log.log("train", self.step, epoch=self.step / self.steps_per_epoch, loss=loss,
+                            **per_set, lr=lr, images_per_s=ips, train_time_s=train_time,
+                            **self.last_metrics)
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", img_s=f"{ips:.0f}")
                     if save_now:
                         self.save()
                     epochs_done = self.step // self.steps_per_epoch
@@ -297,14 +344,6 @@ class Trainer:
             log.close()
         return result
 
-    def _check_finite(self, loss: float, epoch: int) -> None:
-        if not math.isfinite(loss):
-            last = latest_checkpoint(self.run_dir / "checkpoints")
-            raise TrainingDiverged(
-                f"loss is {loss} at step {self.step} (epoch {epoch}); stopping. Last good "
-                f"checkpoint: {last or 'none'}. Try a lower trainer.lr, trainer.grad_clip, "
-                f"or trainer.precision=fp32.")
-
     def _checkpoint_due(self, epoch_done: bool) -> bool:
         t = self.cfg.trainer
         return (self.step == self.total_steps
@@ -315,21 +354,19 @@ class Trainer:
         """The method's picture grids (if it has `pictures`) of 8 fixed training images, at each
         online k-NN point and at the end: pictures/<name>_step_N.png, TensorBoard, and (at the
         end) <name>.png in the run folder."""
-        if not hasattr(self.model, "pictures") or not dist.is_main():
+        pictures = hook(self.model, "pictures")
+        if not pictures or not dist.is_main():
             return []
-        with frozen_eval(self.model), torch.autocast(
-                self.device.type, dtype=self.amp_dtype or torch.bfloat16,
-                enabled=self.amp_dtype is not None):
-            grids = self.model.pictures(self.sample_views(8, self.cfg.trainer.seed + 2))
+        with frozen_eval(self.model), torch.no_grad(), autocast(self.device, self.precision):
+            grids = pictures(self.sample_views(8, self.cfg.trainer.seed + 2))
         written = []
         for name, rows in grids.items():
             image = grid_image(rows, self.mean, self.std)
             log.image(name, image, self.step)
             scale = max(1, 96 // rows[0].shape[-1])
-            written.append(save_png(image, self.run_dir / "pictures" / f"{name}_step_{self.step}.png",
-                                    scale))
+            written.append(save_png(image, self.run.picture(name, self.step), scale))
             if final:
-                written.append(save_png(image, self.run_dir / f"{name}.png", scale))
+                written.append(save_png(image, self.run.picture(name), scale))
         return written
 
     def _log_knn(self, log: RunLog, train_time: float) -> dict | None:
@@ -338,14 +375,13 @@ class Trainer:
             log.log("knn", self.step, epoch=self.step / self.steps_per_epoch, top1=res["top1"],
                     train_time_s=train_time, protocol=res["protocol"])
             tqdm.write(f"epoch {self.step / self.steps_per_epoch:.0f}: k-NN top-1 {res['top1']:.2f}%")
-        self.model.train()
         return res
 
     def finish(self, log: RunLog, train_time: float) -> Path:
         res = self._log_knn(log, train_time) if self.cfg.trainer.knn_every >= 0 else None
         self.write_pictures(log, final=True)
         if dist.is_main():
-            save_weights(self.run_dir / "encoder.safetensors", self.model.backbone.state_dict(),
+            save_weights(self.run.encoder, self.model.backbone.state_dict(),
                          metadata={"backbone": self.cfg.backbone.name, "step": str(self.step)})
             log.log("done", self.step, train_time_s=train_time,
                     knn_top1=res["top1"] if res else None)

@@ -1,12 +1,12 @@
-"""NT-Xent against a direct computation of the paper's equation 1."""
+"""The shared losses against direct computations: NT-Xent (SimCLR's equation 1) and
+cross-entropy with accuracy."""
 
 import math
 
 import torch
+import torch.nn.functional as F
 
-from conftest import LinearBackbone
-from selfsup.methods.schedules import Progress
-from selfsup.methods.simclr import SimCLR, SimCLRConfig, nt_xent
+from selfsup.losses import cross_entropy_accuracy, global_nt_xent, nt_xent
 
 
 def reference_nt_xent(z1, z2, tau):
@@ -64,10 +64,16 @@ def test_nt_xent_with_offset_equals_the_global_loss():
     assert abs(torch.stack(per_rank).mean().item() - total / (w * 2 * b)) < 1e-5
 
 
-def test_simclr_forward_backward():
-    model = SimCLR(SimCLRConfig(proj_hidden=16, proj_dim=8), LinearBackbone())
-    views = [torch.randn(10, 3, 4, 4), torch.randn(10, 3, 4, 4)]
-    loss, metrics = model(views, Progress(0, 1, 1))
-    loss.backward()
-    assert torch.isfinite(loss) and "contrast_acc" in metrics
-    assert model.backbone.net[1].weight.grad.abs().sum() > 0
+def test_global_nt_xent_on_one_process_is_nt_xent():
+    g = torch.Generator().manual_seed(3)
+    z1, z2 = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    assert torch.equal(global_nt_xent(z1, z2, 0.2)[0], nt_xent(z1, z2, 0.2)[0])
+
+
+def test_cross_entropy_accuracy():
+    logits = torch.tensor([[2.0, 0.0, 1.0], [0.0, 3.0, 0.0], [1.0, 0.0, 0.5]], dtype=torch.bfloat16)
+    targets = torch.tensor([0, 1, 2])
+    loss, acc = cross_entropy_accuracy(logits, targets)
+    assert loss.dtype == torch.float32  # computed in float32 whatever the autocast dtype
+    assert math.isclose(loss.item(), F.cross_entropy(logits.float(), targets).item(), rel_tol=1e-6)
+    assert math.isclose(acc.item(), 2 / 3, rel_tol=1e-6)

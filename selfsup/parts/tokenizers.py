@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from selfsup import distributed as dist
 from selfsup.backbones.vit import patchify
-from selfsup.train import distributed as dist
 
 KINDS = ("kmeans", "patches", "random")
 ASSIGN = ("dot", "nearest")
@@ -52,6 +52,11 @@ class PatchTokenizer(nn.Module):
         self.kind, self.assign = kind, assign
         self.register_buffer("codebook", torch.zeros(vocab_size, patch_dim))  # [V, P]
         self.register_buffer("built", torch.zeros((), dtype=torch.bool))
+
+    @classmethod
+    def for_vit(cls, cfg: "TokenizerConfig", vit: nn.Module) -> "PatchTokenizer":
+        """The tokenizer of `cfg` for the patches of a ViT (p*p*C pixels each)."""
+        return cls(cfg.tokenizer, cfg.assign, cfg.vocab_size, vit.patch_size ** 2 * vit.in_channels)
 
     @property
     def vocab_size(self) -> int:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.train.distributed import gather
+from selfsup.distributed import gather
 
 
 class FeatureQueue(nn.Module):

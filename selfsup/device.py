@@ -1,0 +1,55 @@
+"""Which device a run uses and at which precision: the one place that decides, for the trainer,
+the evaluators and the command line alike."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from selfsup.distributed import local_rank
+
+# Autocast dtypes by name; "fp32" is no autocast.
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto`: this process's GPU under torchrun (LOCAL_RANK), else the GPU, else Apple's MPS,
+    else the CPU. Anything else is taken as a torch device name (cpu, cuda, cuda:1, mps)."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank())
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def cpu_has_bf16() -> bool:
+    """avx512_bf16 or AMX: the CPUs on which bf16 autocast is faster than fp32, not slower."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        return False
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """"bf16" or "fp32" for a `trainer.precision` setting: auto means bf16 on GPUs that support it
+    and on CPUs with native bf16 arithmetic, fp32 elsewhere (emulated bf16 is slower than fp32)."""
+    if name in ("fp32", "bf16"):
+        return name
+    if name != "auto":
+        raise ValueError(f"precision must be auto, bf16 or fp32, got {name!r}")
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
+
+
+def autocast(device: torch.device | str, precision: str):
+    """Autocast to `precision` ("fp32": a no-op context) on `device`'s type."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)

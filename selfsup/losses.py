@@ -1,0 +1,55 @@
+"""The losses that two or more methods share: pure functions with shape notes.
+
+A loss that only one method uses stays in that method's file (MoCo's queue InfoNCE, BYOL's
+normalised squared error, DINO's cross-entropy to a centred teacher, MAE's masked MSE).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from selfsup.distributed import gather_with_grad, rank
+
+
+def cross_entropy_accuracy(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Cross-entropy, in float32, and the share of rows whose largest logit is the target's.
+
+    logits: [N, K]; targets: [N] class indices in 0..K-1. Rotation (K = 4 rotations), relative
+    patch position (8 neighbours), jigsaw (the permutation set) and masked token prediction
+    (BEiT, SplitMask: the vocabulary) are all this loss.
+    """
+    logits = logits.float()
+    return F.cross_entropy(logits, targets), (logits.argmax(dim=1) == targets).float().mean()
+
+
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float, z_all: Tensor | None = None,
+            offset: int = 0) -> tuple[Tensor, Tensor]:
+    """NT-Xent (SimCLR, Chen et al. 2020, eq. 1), averaged over this process's 2B anchors.
+
+    z1, z2: [B, D] embeddings of two views of the same B images (normalised here).
+    z_all: [M, D] normalised embeddings of every process, this one's `cat([z1, z2])` at rows
+        offset..offset+2B (None: single process, z_all is this process's own).
+    Every other row of z_all is a negative of an anchor. Returns the loss and the share of
+    anchors whose positive has the highest similarity.
+    """
+    b = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # [2B, D]
+    if z_all is None:
+        z_all = z
+    logits = z @ z_all.float().T / temperature  # [2B, M]
+    rows = torch.arange(2 * b, device=z.device)
+    logits[rows, rows + offset] = float("-inf")  # an anchor is not its own negative
+    positives = (rows + b) % (2 * b) + offset  # view 1 of image i pairs with view 2 of image i
+    loss = F.cross_entropy(logits, positives)
+    acc = (logits.argmax(dim=1) == positives).float().mean()
+    return loss, acc
+
+
+def global_nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """`nt_xent` with the negatives of the global batch: every process's embeddings are gathered
+    (gradients flow back to each process's own), so a run on W processes computes the loss of
+    one process with the whole batch. z1, z2: [B, D] this process's pairs."""
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # [2B, D]
+    return nt_xent(z1, z2, temperature, gather_with_grad(z), offset=rank() * 2 * z1.shape[0])
