@@ -21,18 +21,20 @@ from selfsup.train.trainer import Trainer
 
 pytestmark = [pytest.mark.slow, needs_cifar10]
 
-# The quick recipes' 128-wide ViT/4 cut to 2 blocks, on 2,000 images in steps of 128.
-SHORT = ["data.subset=2000", "trainer.batch_size=128", "trainer.warmup_epochs=0.3", "backbone.depth=2",
+# 2,000 images in steps of 128; the quick recipes' 128-wide ViT/4 (4 blocks), cut to 2 for the
+# token predictors.
+SHORT = ["data.subset=2000", "trainer.batch_size=128", "trainer.warmup_epochs=0.3",
          "trainer.knn_every=-1", "trainer.progress=false", "trainer.checkpoint_every=100"]
 TOKENS = ["method.vocab_size=128", "method.tokenizer_images=1000", "method.tokenizer_patches=10000"]
 
 # method -> (its changes, the drop in held-out loss to clear). Measured on the 2-core CPU at
-# seeds 0 and 1 (held-out loss at random init -> trained): MAE, 30 steps: 2.005 -> 0.864 and
-# MAE_SEED1; BEiT, 15 steps: 4.871 -> 4.604 and 4.875 -> 4.605 (token accuracy above the majority
-# token's share); SplitMask, 15 steps with a 1-block decoder: 11.165 -> 8.545 and 11.146 -> 8.762.
+# seeds 0 and 1 (held-out loss at random init -> trained): MAE, 30 steps: 2.174 -> 0.861 and
+# 2.465 -> 0.876 (with 2 blocks: 0.963 at seed 1, above the 0.95 the test asks for); BEiT, 15
+# steps: 4.871 -> 4.604 and 4.875 -> 4.605 (token accuracy above the majority token's share);
+# SplitMask, 15 steps with a 1-block decoder: 11.165 -> 8.545 and 11.146 -> 8.762.
 CASES = {"mae": (["trainer.epochs=2"], 0.5),
-         "beit": (["trainer.epochs=1"], 0.13),
-         "splitmask": (["trainer.epochs=1", "method.decoder_depth=1"], 1.2)}
+         "beit": (["backbone.depth=2", "trainer.epochs=1"], 0.13),
+         "splitmask": (["backbone.depth=2", "trainer.epochs=1", "method.decoder_depth=1"], 1.2)}
 
 
 def held_out_loss(trainer: Trainer, images: torch.Tensor) -> tuple[float, dict]:
