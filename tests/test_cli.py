@@ -30,6 +30,15 @@ def test_pretrain_then_evaluate(tmp_path, capsys):
     assert main(["eval", "knn", str(run), "eval.layer=layer2"]) == 0
     assert "layer2" in json.loads((run / "eval_knn.json").read_text())["protocol"]
 
+    # Several protocols in one invocation share one feature extraction.
+    (run / "eval_knn.json").unlink()
+    assert main(["eval", "knn,linear", str(run), "eval.linear.epochs=5"]) == 0
+    out = capsys.readouterr().out
+    assert "knn top-1:" in out and "linear top-1:" in out
+    assert (run / "eval_knn.json").exists() and (run / "eval_linear.json").exists()
+    assert main(["eval", "knn,lineer", str(run)]) == 2
+    assert "lineer" in capsys.readouterr().err
+
 
 def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert main(["pretrain", "--recipe", "quick", "trainer.epoch=1"]) == 2
