@@ -16,7 +16,7 @@ from selfsup.methods.mae import MAE, MAEConfig, mae_loss
 from selfsup.protocol import Progress
 from selfsup.losses import nt_xent
 from selfsup.methods.splitmask import SplitMask, SplitMaskConfig, split_halves
-from selfsup.parts.tokenizers import PatchTokenizer, kmeans
+from selfsup.parts.codebook import PatchTokenizer, kmeans
 from selfsup.train.trainer import Trainer
 from selfsup.views.masks import block_order, mask_from_order, num_visible, random_order
 
@@ -327,3 +327,12 @@ def test_tokenizer_codebook_is_built_once_and_saved_with_the_run(tmp_path):
     again = Trainer(cfg, run_dir=tmp_path / "again")
     again.fit()  # the same seed and data build the same codebook
     assert torch.equal(again.model.tokenizer.codebook, book)
+    # The random-init baseline of the whole method (step 0 of `--checkpoints`) keeps the codebook
+    # the data built and nothing the training changed.
+    from selfsup.run import load_method
+
+    start = Trainer(cfg, run_dir=tmp_path / "start").model.state_dict()
+    baseline = load_method(tmp_path / "run", cfg, 1, random_init=True).state_dict()
+    for name, value in baseline.items():
+        expected = trainer.model.state_dict()[name] if name.startswith("tokenizer.") else start[name]
+        assert torch.equal(value, expected), name

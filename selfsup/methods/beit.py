@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from selfsup.backbones.vit import patchify, require_vit
 from selfsup.losses import cross_entropy_accuracy
-from selfsup.parts.tokenizers import PatchTokenizer, TokenizerConfig, build_from_views
+from selfsup.parts.codebook import PatchTokenizer
+from selfsup.parts.tokenizers import TokenizerConfig, build_from_views
 from selfsup.protocol import Output, Progress
 from selfsup.views.masks import mask_from_order, mask_views, num_visible
 
@@ -48,6 +49,7 @@ class BEiTConfig(TokenizerConfig):
 
 class BEiT(nn.Module):
     config_class = BEiTConfig
+    fitted_buffers = ("tokenizer.codebook", "tokenizer.built")  # built from the data
 
     def __init__(self, cfg: BEiTConfig, backbone: nn.Module):
         super().__init__()
@@ -63,7 +65,8 @@ class BEiT(nn.Module):
     def init_from_data(self, sample: Callable[[int], list[Tensor]], seed: int) -> None:
         """Build the codebook from `sample(n)`, the views of n training images, once: a
         resumed run reads it back from the checkpoint."""
-        build_from_views(self.tokenizer, self.cfg, sample, self.backbone.patch_size, seed)
+        build_from_views(self.tokenizer, sample, self.backbone.patch_size, seed,
+                         self.cfg.tokenizer_images, self.cfg.tokenizer_patches)
 
     def prepare(self, views: list[Tensor], generator: torch.Generator) -> list[Tensor]:
         """[image views] -> [images, patch orders [B, L]] (masked patches last)."""

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from selfsup.backbones.vit import patchify, require_vit
 from selfsup.losses import cross_entropy_accuracy, global_nt_xent
 from selfsup.parts.decoder import MaskedDecoder
-from selfsup.parts.tokenizers import PatchTokenizer, TokenizerConfig, build_from_views
+from selfsup.parts.codebook import PatchTokenizer
+from selfsup.parts.tokenizers import TokenizerConfig, build_from_views
 from selfsup.protocol import Output, Progress
 from selfsup.views.masks import mask_views
 
@@ -69,6 +70,7 @@ def split_halves(order: Tensor) -> tuple[Tensor, Tensor]:
 
 class SplitMask(nn.Module):
     config_class = SplitMaskConfig
+    fitted_buffers = ("tokenizer.codebook", "tokenizer.built")  # built from the data
 
     def __init__(self, cfg: SplitMaskConfig, backbone: nn.Module):
         super().__init__()
@@ -81,7 +83,8 @@ class SplitMask(nn.Module):
     def init_from_data(self, sample: Callable[[int], list[Tensor]], seed: int) -> None:
         """Build the codebook from `sample(n)`, the views of n training images, once: a
         resumed run reads it back from the checkpoint."""
-        build_from_views(self.tokenizer, self.cfg, sample, self.backbone.patch_size, seed)
+        build_from_views(self.tokenizer, sample, self.backbone.patch_size, seed,
+                         self.cfg.tokenizer_images, self.cfg.tokenizer_patches)
 
     def prepare(self, views: list[Tensor], generator: torch.Generator) -> list[Tensor]:
         """[image views] -> [images, random patch orders [B, L]] (split into halves in forward)."""

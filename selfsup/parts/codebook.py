@@ -1,0 +1,108 @@
+"""A codebook of vectors and the assignment of each input vector to an entry: the tokenizer of
+BEiT's and SplitMask's patches (`tokenizers.py` builds it from patches of training views) and
+iGPT's colour palette (from training pixels: k-means over RGB values, Chen et al. 2020 §3.2).
+
+Three kinds of codebook: "kmeans" (`vocab_size` k-means centroids of the sample), "patches"
+(`vocab_size` vectors drawn from the sample) and "random" (standard-normal vectors). A vector gets
+the id of the entry with the largest inner product ("dot") or the nearest one ("nearest",
+Euclidean). The codebook is a buffer, so every checkpoint and exported encoder carries it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from selfsup import distributed as dist
+
+if TYPE_CHECKING:
+    from selfsup.parts.tokenizers import TokenizerConfig
+
+KINDS = ("kmeans", "patches", "random")
+ASSIGN = ("dot", "nearest")
+
+
+def check_tokenizer(kind: str, assign: str, vocab_size: int) -> None:
+    """Raise ValueError naming the bad `method.*` tokenizer setting."""
+    if kind not in KINDS:
+        raise ValueError(f"method.tokenizer must be one of {', '.join(KINDS)}, got {kind!r}")
+    if assign not in ASSIGN:
+        raise ValueError(f"method.assign must be one of {', '.join(ASSIGN)}, got {assign!r}")
+    if vocab_size < 2:
+        raise ValueError(f"method.vocab_size must be at least 2, got {vocab_size}")
+
+
+class PatchTokenizer(nn.Module):
+    """kind, assign, vocab_size: as in the module docstring. patch_dim: the vectors' width (p*p*C
+    for patches, C for pixels). size_key: the setting that sets vocab_size, for messages."""
+
+    def __init__(self, kind: str, assign: str, vocab_size: int, patch_dim: int,
+                 size_key: str = "method.vocab_size"):
+        super().__init__()
+        check_tokenizer(kind, assign, vocab_size)
+        self.kind, self.assign, self.size_key = kind, assign, size_key
+        self.register_buffer("codebook", torch.zeros(vocab_size, patch_dim))  # [V, P]
+        self.register_buffer("built", torch.zeros((), dtype=torch.bool))
+
+    @classmethod
+    def for_vit(cls, cfg: "TokenizerConfig", vit: nn.Module) -> "PatchTokenizer":
+        """The tokenizer of `cfg` for the patches of a ViT (p*p*C pixels each)."""
+        return cls(cfg.tokenizer, cfg.assign, cfg.vocab_size, vit.patch_size ** 2 * vit.in_channels)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.codebook.shape[0]
+
+    @torch.no_grad()
+    def build(self, patches: Tensor, seed: int) -> None:
+        """Fill the codebook from `patches` [N, P] (sampled from the training views), seeded.
+
+        Every process builds the same codebook from the same sample; rank 0's is then broadcast
+        so that floating-point differences between machines cannot split the vocabulary."""
+        v, p = self.codebook.shape
+        if patches.dim() != 2 or patches.shape[1] != p:
+            raise ValueError(f"tokenizer expects patches [N, {p}], got {tuple(patches.shape)}")
+        if self.kind != "random" and patches.shape[0] < v:
+            raise ValueError(f"tokenizer {self.kind!r} needs at least {self.size_key}={v} vectors to "
+                             f"build from, got {patches.shape[0]}: lower {self.size_key}")
+        g = torch.Generator().manual_seed(seed)
+        x = patches.detach().float().cpu()
+        if self.kind == "random":
+            book = torch.randn(v, p, generator=g)
+        elif self.kind == "patches":
+            book = x[torch.randperm(len(x), generator=g)[:v]]
+        else:
+            book = kmeans(x, v, seed)
+        self.codebook.copy_(book.to(self.codebook.device))
+        if dist.is_distributed():
+            torch.distributed.broadcast(self.codebook, 0)
+        self.built.fill_(True)
+
+    @torch.no_grad()
+    def forward(self, patches: Tensor) -> Tensor:
+        """patches: [B, L, P] -> token ids [B, L] (int64)."""
+        if not bool(self.built):
+            raise RuntimeError("the tokenizer's codebook has not been built: training builds it "
+                               "from the data at its first step (Method.init_from_data)")
+        book = self.codebook.float()
+        scores = patches.float() @ book.T  # [B, L, V]
+        if self.assign == "nearest":  # argmin |x - c|^2 = argmax (x.c - |c|^2 / 2)
+            scores = scores - 0.5 * (book * book).sum(dim=1)
+        return scores.argmax(dim=-1)
+
+    def decode(self, ids: Tensor) -> Tensor:
+        """token ids [...] -> their codebook vectors [..., P]."""
+        return self.codebook[ids]
+
+
+def kmeans(x: Tensor, k: int, seed: int) -> Tensor:
+    """k centroids [k, P] of x [N, P] by scikit-learn's k-means (k-means++ seeding, Lloyd),
+    seeded; one initialisation, which on tens of thousands of patches takes a few seconds."""
+    from sklearn.cluster import KMeans
+
+    km = KMeans(n_clusters=k, n_init=1, max_iter=100, random_state=seed)
+    km.fit(x.numpy().astype(np.float32))
+    return torch.from_numpy(km.cluster_centers_).float()
