@@ -7,6 +7,8 @@
     selfsup eval knn,linear runs/quick-20261122-101500      # features extracted once for both
     selfsup eval finetune runs/quick-20261122-101500 --recipe finetune_quick_cifar10
     selfsup eval finetune runs/quick-20261122-101500 --random-init      # the baseline
+    selfsup eval linear runs/quick-20261122-101500 eval.layer=all       # every layer, one pass
+    selfsup eval linear runs/quick-20261122-101500 --checkpoints        # loss against probe
     selfsup recipes
     selfsup config --recipe cifar10_simclr trainer.batch_size=256
 
@@ -60,16 +62,14 @@ def _pretrain(args) -> int:
 def _evaluate(args) -> int:
     import dataclasses
 
-    import torch
-
-    from selfsup.backbones import build_backbone
-    from selfsup.config import build_config
+    from selfsup.config import build_config, view_configs
     from selfsup.data import dataset_stats, load_dataset
     from selfsup.device import resolve_device, resolve_precision
     from selfsup.eval.features import FeatureCache
     from selfsup.eval.finetune import finetune
     from selfsup.eval.protocols import PROTOCOLS, evaluate
-    from selfsup.run import find_run_dir, load_encoder
+    from selfsup.eval.subsets import stratified_subset
+    from selfsup.run import find_run_dir, load_encoder, load_method
     from selfsup.runfolder import RunFolder
 
     protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
@@ -78,6 +78,9 @@ def _evaluate(args) -> int:
     if bad or not protocols:
         raise ConfigError(f"eval: unknown protocol {','.join(bad) or args.protocol!r}; choose from "
                           f"{', '.join(known)}, or several joined by commas (knn,linear)")
+    if args.checkpoints and ("finetune" in protocols or args.random_init):
+        raise ConfigError("--checkpoints follows the frozen protocols (knn, linear) and includes the "
+                          "random init as step 0: not with finetune or --random-init")
     run_dir = find_run_dir(args.run)
     run = RunFolder(run_dir)
     # The run's config, then a recipe's overrides (e.g. a fine-tune recipe), then the command line.
@@ -91,37 +94,145 @@ def _evaluate(args) -> int:
         raise ConfigError("data.test_split is null: name a labelled split to test on")
     test = load_dataset(d.name, d.test_split, root=d.root, image_size=d.image_size)
     mean, std = run.read_stats() or dataset_stats(train)
+    subsets = {}  # the frozen protocols' subsets (eval.train_subset / test_subset)
+    for name, split, n, seed in (("train", train, cfg.eval.train_subset, 0), ("test", test, cfg.eval.test_subset, 1)):
+        if n is not None and n < len(split):
+            subsets[name] = split.subset(stratified_subset(split.labels, seed, total=n)[0])
+            print(f"{name}: a seeded, class-stratified subset of {n} of {len(split)} images")
     device = resolve_device(cfg.trainer.device)
-    in_channels = train.images.shape[1]
-    if args.random_init:
-        # The pretraining run's starting point: the trainer seeds with trainer.seed and then
-        # builds the backbone first, so this is the same network before any training.
-        torch.manual_seed(cfg.trainer.seed)
-        backbone = build_backbone(cfg.backbone, in_channels=in_channels, image_size=cfg.views.size)
-    else:
-        backbone = load_encoder(args.run, cfg, in_channels)
-    backbone = backbone.to(device)
     precision = resolve_precision(cfg.trainer.precision, device)
     size = cfg.eval.size or cfg.views.size
+    in_channels = train.images.shape[1]
+    train_set, test_set = subsets.get("train", train), subsets.get("test", test)
+    subset_note = "".join(f"; {name}: a seeded, class-stratified subset of the {name} split" for name in subsets)
+    if args.checkpoints:
+        return _track(run, cfg, protocols, train_set, test_set, mean, std, device, precision, size,
+                      n_train=min(len(train), cfg.data.subset or len(train)), note=subset_note)
+    gen_weight = cfg.eval.finetune.gen_weight if "finetune" in protocols else 0.0
+    method = None
+    if gen_weight > 0:
+        views = sum(v.n_views for v in view_configs(cfg))
+        if views != 1 or args.random_init:
+            raise ConfigError(f"eval.finetune.gen_weight={gen_weight:g}: only a trained method whose "
+                              f"loss takes one view can add it to fine-tuning ({cfg.method.name} takes "
+                              f"{views}{'; not with --random-init' if args.random_init else ''})")
+        method = load_method(args.run, cfg, in_channels).to(device)
+        backbone = method.backbone
+    else:
+        backbone = load_encoder(args.run, cfg, in_channels, random_init=args.random_init)
+    _check_layer(cfg, backbone)
+    backbone = backbone.to(device)
     weights = "random init (trainer.seed %d)" % cfg.trainer.seed if args.random_init else str(args.run)
     frozen = [p for p in protocols if p != "finetune"]
     cache = FeatureCache(backbone, mean, std, batch_size=cfg.eval.batch_size, device=device,
                          precision=precision, progress=True)
-    results = evaluate(cache, train, test, cfg.eval, frozen, size=size, progress=True)
+    results = evaluate(cache, train_set, test_set, cfg.eval, frozen, size=size, progress=True)
+    for p in frozen:
+        results[p]["protocol"] += subset_note
     if "finetune" in protocols:  # last: it changes the backbone's weights
         fcfg = cfg.eval.finetune
         fcfg = dataclasses.replace(fcfg, size=fcfg.size or size,
                                    flip_p=cfg.views.flip_p if fcfg.flip_p is None else fcfg.flip_p)
         results["finetune"] = finetune(backbone, train, test, mean, std, fcfg, device=device,
-                                       precision=precision, progress=True, description=weights)
+                                       precision=precision, progress=True, description=weights,
+                                       method=method)
     for protocol in protocols:
         res = results[protocol]
+        if "layers" in res:
+            _print_layers(protocol, res)
         print(f"{protocol} top-1: {res['top1']:.2f}%  ({res['protocol']})")
         out = run.eval_result(protocol, args.random_init)
         out.write_text(json.dumps({**res, "weights": weights, "recipe": args.recipe}, indent=2,
                                   default=str))
         print(f"written: {out}")
+        if "layers" in res:
+            print(f"written: {_plot_layers(run, protocol, cfg)}")
     return 0
+
+
+def _check_layer(cfg, backbone) -> None:
+    layers = [None, "all", *getattr(backbone, "layer_names", [])]
+    if cfg.eval.layer not in layers:
+        raise ConfigError(f"eval.layer={cfg.eval.layer!r} is not a layer of {cfg.backbone.name}; "
+                          f"choose all or one of {', '.join(layers[2:])}")
+
+
+def _track(run, cfg, protocols, train, test, mean, std, device, precision, size, n_train, note) -> int:
+    """`--checkpoints`: the held-out pretraining loss and the protocols at the random init and at
+    every kept checkpoint (selfsup/eval/track.py); a table, and per protocol a JSON and a plot."""
+    from selfsup.eval.plots import plot_track
+    from selfsup.eval.track import checkpoints, track
+    from selfsup.run import load_method
+
+    points = checkpoints(run.path)
+    if not points:
+        raise ConfigError(f"{run.path} has no checkpoint to follow: pretrain with "
+                          f"trainer.keep_checkpoints=0 and trainer.checkpoint_every_steps=N")
+    if len(points) == 1:
+        print(f"warning: {run.path} kept one checkpoint (trainer.keep_checkpoints="
+              f"{cfg.trainer.keep_checkpoints}): two points, the random init and it", file=sys.stderr)
+    in_channels = train.images.shape[1]
+
+    def load(ckpt):
+        return load_method(ckpt or points[-1], cfg, in_channels, random_init=ckpt is None)
+
+    first = load(None)
+    _check_layer(cfg, first.backbone)
+    del first
+    res = track(load, points, cfg, train, test, mean, std, protocols, n_train=n_train, device=device,
+                precision=precision, size=size, progress=True)
+    metrics = [k for k in res["points"][0]["heldout"] if k != "loss"]
+    print("| step | epoch | held-out loss | " + " | ".join(metrics + [f"{p} top-1" for p in protocols]) + " |")
+    print("| --- " * (3 + len(metrics) + len(protocols)) + "|")
+    for r in res["points"]:
+        cells = [f"{r['step']}", f"{r['epoch']:.2f}", f"{r['heldout']['loss']:.4f}",
+                 *[f"{r['heldout'][m]:.4f}" for m in metrics],
+                 *[f"{r[p]['top1']:.2f}%" + (f" ({r[p]['best_layer']})" if "best_layer" in r[p] else "")
+                   for p in protocols]]
+        print("| " + " | ".join(cells) + " |")
+    loss_line = (f"held-out loss: {cfg.method.name}'s pretraining loss on {res['loss_images']} seeded, "
+                 f"class-stratified {cfg.data.name} test images, views from a fixed seed, eval mode")
+    for p in protocols:
+        c = res["correlation"][p]
+        corr = ("too few points for a correlation" if c["pearson"] is None else
+                f"Pearson r = {c['pearson']:+.3f}, Spearman rho = {c['spearman']:+.3f}")
+        print(f"held-out loss against {p} top-1 over {len(res['points'])} points: {corr}")
+        rows = [{"step": r["step"], "epoch": r["epoch"], "checkpoint": r["checkpoint"],
+                 "heldout": r["heldout"], **r[p]} for r in res["points"]]
+        out = run.eval_track(p)
+        out.write_text(json.dumps({"points": rows, "correlation": c, "protocol": f"{res['protocol'][p]}"
+                                   f"{note}; {loss_line}", "loss_images": res["loss_images"],
+                                   "weights": str(run.path)}, indent=2))
+        print(f"written: {out}")
+        title = (f"{p} top-1 against held-out loss: {cfg.method.name}, {cfg.backbone.name}, {cfg.data.name}"
+                 + ("" if c["pearson"] is None else f"\nPearson r = {c['pearson']:+.2f}, Spearman rho = "
+                    f"{c['spearman']:+.2f}"))
+        ylabel = f"{p} top-1 (%)" + (", best layer" if cfg.eval.layer == "all" else "")
+        plotted = [{"step": r["step"], "loss": r["heldout"]["loss"], "top1": r["top1"]} for r in rows]
+        print(f"written: {plot_track(plotted, run.eval_track(p, '.png'), title, ylabel)}")
+    return 0
+
+
+def _print_layers(protocol: str, res: dict) -> None:
+    print(f"{protocol} top-1 at every layer:")
+    for row in res["layers"]:
+        best = "  <- best" if row["layer"] == res["best_layer"] else ""
+        print(f"  {row['layer']:>10s}  {row['top1']:6.2f}%{best}")
+
+
+def _plot_layers(run, protocol: str, cfg) -> Path:
+    """RUN/eval_<protocol>_layers.png: the trained encoder's curve and, where it was measured,
+    the random-init one (`--random-init`), from the results written in the run folder."""
+    from selfsup.eval.plots import plot_layers
+
+    curves = {}
+    for random_init, label in ((False, "trained"), (True, "random init")):
+        path = run.eval_result(protocol, random_init)
+        rows = json.loads(path.read_text()).get("layers") if path.exists() else None
+        if rows:
+            curves[label] = rows
+    title = f"{protocol} top-1 by layer: {cfg.method.name}, {cfg.backbone.name}, {cfg.data.name}"
+    return plot_layers(curves, run.eval_plot(protocol), title)
 
 
 def _recipes(args) -> int:
@@ -163,6 +274,10 @@ def parser() -> argparse.ArgumentParser:
                    "finetune_quick_cifar10 (see selfsup recipes)")
     e.add_argument("--random-init", action="store_true", help="the run's backbone without its "
                    "weights (the baseline); writes eval_<protocol>_random.json")
+    e.add_argument("--checkpoints", action="store_true", help="follow the run: the held-out "
+                   "pretraining loss and the protocols at the random init and every kept checkpoint "
+                   "(trainer.keep_checkpoints=0), with their correlation; writes "
+                   "eval_<protocol>_checkpoints.json and .png")
     e.add_argument("overrides", nargs="*", help="key.sub=value, e.g. eval.knn.k=20 eval.layer=layer3 "
                    "eval.finetune.epochs=10")
     e.set_defaults(func=_evaluate)

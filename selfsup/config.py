@@ -98,6 +98,9 @@ class TrainerConfig:
     knn_every: online k-NN evaluation every N epochs (0: only at the end; -1: never).
     knn_bank: use at most this many training images as the online k-NN memory bank (null: all).
     checkpoint_every: save every N epochs; checkpoint_every_steps: also every N steps (0: off).
+    keep_checkpoints: how many of the newest checkpoints the run folder keeps (0: every one, so
+        that `selfsup eval PROTOCOL RUN --checkpoints` can follow the run; each is the method's
+        weights plus the optimizer's state).
     log_every: steps between logged points. progress: show a progress bar.
     out: folder for run folders; run_name: this run's folder name (default: recipe + time).
     param_sets: per parameter set, changes to the optimizer settings above (`ParamSetConfig`),
@@ -129,6 +132,7 @@ class TrainerConfig:
     knn_bank: Optional[int] = None
     checkpoint_every: int = 1
     checkpoint_every_steps: int = 0
+    keep_checkpoints: int = 1
     log_every: int = 10
     progress: bool = True
     out: str = "runs"
@@ -146,6 +150,8 @@ class TrainerConfig:
         for name in ("batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name} must be at least 1, got {getattr(self, name)}")
+        if self.keep_checkpoints < 0:
+            raise ValueError(f"trainer.keep_checkpoints must be >= 0 (0: every one), got {self.keep_checkpoints}")
         if self.lars_trust <= 0:
             raise ValueError(f"trainer.lars_trust must be positive, got {self.lars_trust}")
 
@@ -169,17 +175,31 @@ class EvalConfig:
     end-to-end fine-tuning (`finetune`, see selfsup/eval/finetune.py).
 
     batch_size: images per feature-extraction batch. layer: which backbone output to probe
-    (null: the pooled output; else one of the backbone's layer_names, e.g. layer3 or block6).
+    (null: the pooled output; one of the backbone's layer_names, e.g. layer3 or block6; or all:
+    every layer, extracted in one pass, one result per layer).
     size: evaluation input size (null: the training view size, views.size); a CNN trained on
         small random crops often does better tested at the images' full size (FixRes, Touvron 2019).
+    train_subset / test_subset: `selfsup eval knn|linear` on a seeded, class-stratified subset of
+        this many training / test images (null: all); fine-tuning has its own, eval.finetune.*.
+    loss_images: test images on which `selfsup eval ... --checkpoints` measures the method's
+        held-out pretraining loss at every checkpoint (a seeded, class-stratified subset).
     """
 
     batch_size: int = 512
     layer: Optional[str] = None
     size: Optional[int] = None
+    train_subset: Optional[int] = None
+    test_subset: Optional[int] = None
+    loss_images: int = 2000
     knn: KNNConfig = field(default_factory=KNNConfig)
     linear: LinearConfig = field(default_factory=LinearConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def __post_init__(self):
+        for name in ("batch_size", "size", "train_subset", "test_subset", "loss_images"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"eval.{name} must be at least 1 (or null), got {value}")
 
 
 @dataclass

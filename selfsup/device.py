@@ -33,6 +33,27 @@ def cpu_has_bf16() -> bool:
         return False
 
 
+def describe_device(device: torch.device) -> str:
+    """The device in words, for benchmark tables: a GPU's name, or the CPU's model and its
+    AVX / AMX flags (which decide the precision `auto` picks and the speed of each)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type != "cpu":
+        return str(device)
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == "unknown CPU":
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = {x for x in value.split() if x.startswith(("avx", "amx"))}
+    except OSError:  # not Linux
+        pass
+    return f"{model} ({' '.join(sorted(flags)) or 'no AVX flags read'})"
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
     """"bf16" or "fp32" for a `trainer.precision` setting: auto means bf16 on GPUs that support it
     and on CPUs with native bf16 arithmetic, fp32 elsewhere (emulated bf16 is slower than fp32)."""

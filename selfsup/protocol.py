@@ -36,6 +36,12 @@ Optional hooks, in the order the trainer calls them (`hook(method, name)` finds 
   and without gradients, on `sample` inputs of 8 fixed training images; each row is a batch of
   normalised images [n, C, H, W], all rows of one size (see `selfsup/train/pictures.py`).
 
+Optional attribute
+------------------
+- `fitted_buffers`: state-dict names of the buffers `init_from_data` fills from the data (a
+  tokenizer's codebook); a backbone may have its own (iGPT's palette). The random-init baselines
+  (`--random-init`, step 0 of `--checkpoints`) keep them from the run and re-draw the rest.
+
 Rules
 -----
 - Metrics are 0-dim tensors or Python numbers. The trainer reads them (one host sync) only at
@@ -140,6 +146,23 @@ def hook(method: nn.Module, name: str) -> Callable | None:
     if name not in OPTIONAL_HOOKS:
         raise ValueError(f"{name!r} is not a method hook; the hooks are {', '.join(OPTIONAL_HOOKS)}")
     return getattr(method, name, None)
+
+
+@torch.no_grad()
+def method_inputs(method: nn.Module, views: Callable[[Tensor, torch.Generator], list[Tensor]],
+                  x: Tensor, generator: torch.Generator, channels_last: bool = False) -> list[Tensor]:
+    """The method's inputs for a uint8 batch `x` [B, C, H, W]: the views that `views` (a view
+    set) draws from `generator`, then, for a method with `prepare`, what it makes of them from
+    the same generator. channels_last: image batches (not targets or masks) in NHWC. Training
+    and every evaluation of a method's loss go through here."""
+    out = views(x, generator)
+    prepare = hook(method, "prepare")
+    if prepare:
+        out = prepare(out, generator)
+    if channels_last:
+        out = [v.contiguous(memory_format=torch.channels_last)
+               if v.dim() == 4 and v.is_floating_point() else v for v in out]
+    return out
 
 
 def param_sets(method: nn.Module) -> list[ParamSet]:

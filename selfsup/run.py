@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from selfsup.backbones import build_backbone
 from selfsup.config import Config, build_config
+from selfsup.methods import build_method
 from selfsup.runfolder import RunFolder
 from selfsup.train.checkpoint import PREFIX, latest_checkpoint, load_checkpoint, load_weights
 
@@ -27,24 +29,81 @@ def load_run_config(run_dir: Path, overrides: list[str] = ()) -> Config:
     return build_config(RunFolder(run_dir).config, list(overrides))
 
 
-def load_encoder(path: str | Path, cfg: Config, in_channels: int) -> nn.Module:
-    """The backbone of `cfg` with the weights at `path`: the run's encoder.safetensors, a
+def _checkpoint_state(p: Path) -> dict:
+    """The method's weights in the checkpoint folder `p`, or in the latest one of the run `p`."""
+    ckpt = p if p.name.startswith(PREFIX) else latest_checkpoint(RunFolder(p).checkpoints)
+    if ckpt is None:
+        raise FileNotFoundError(f"{p} has no checkpoint")
+    return load_checkpoint(ckpt)[0]
+
+
+def encoder_weights(path: str | Path) -> dict:
+    """The backbone's weights at `path`: the run's encoder.safetensors, a .safetensors file, a
     checkpoint folder, or (for a run folder without an exported encoder) its latest checkpoint."""
     p = Path(path)
-    run = RunFolder(p)
-    if p.is_dir() and run.encoder.exists():
-        weights = load_weights(run.encoder)
-    elif p.suffix == ".safetensors":
-        weights = load_weights(p)
-    else:
-        ckpt = p if p.name.startswith(PREFIX) else latest_checkpoint(run.checkpoints)
-        if ckpt is None:
-            raise FileNotFoundError(f"{p} has neither encoder.safetensors nor a checkpoint")
-        state, _ = load_checkpoint(ckpt)
-        weights = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    backbone = build_backbone(cfg.backbone, in_channels=in_channels, image_size=cfg.views.size)
-    missing, unexpected = backbone.load_state_dict(weights, strict=False)
+    if p.is_dir() and RunFolder(p).encoder.exists():
+        return load_weights(RunFolder(p).encoder)
+    if p.suffix == ".safetensors":
+        return load_weights(p)
+    try:
+        state = _checkpoint_state(p)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{p} has neither encoder.safetensors nor a checkpoint") from None
+    return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+
+
+def _fill(module: nn.Module, weights: dict, p: Path, what: str) -> nn.Module:
+    missing, unexpected = module.load_state_dict(weights, strict=False)
     if missing or unexpected:
-        raise ValueError(f"weights at {p} do not fit backbone {cfg.backbone.name}: "
-                         f"missing {missing[:3]}, unexpected {unexpected[:3]}")
-    return backbone
+        raise ValueError(f"weights at {p} do not fit {what}: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
+    return module
+
+
+def _fitted(module: nn.Module) -> list[str]:
+    """State-dict names of what the data fitted before training (codebooks, iGPT's palette): the
+    `fitted_buffers` of a module and of its backbone (see selfsup/protocol.py)."""
+    names = list(getattr(module, "fitted_buffers", ()))
+    backbone = getattr(module, "backbone", None)
+    if isinstance(backbone, nn.Module):
+        names += [f"backbone.{n}" for n in getattr(backbone, "fitted_buffers", ())]
+    return names
+
+
+def _at_init(module: nn.Module, weights: dict, p: Path) -> nn.Module:
+    """`module` as built (the run's initialisation) plus the fitted buffers from `weights`."""
+    names = _fitted(module)
+    missing = [n for n in names if n not in weights]
+    if missing:
+        raise ValueError(f"weights at {p} lack {missing[0]}, which the data fitted before training")
+    module.load_state_dict({n: weights[n] for n in names}, strict=False)
+    return module
+
+
+def load_encoder(path: str | Path, cfg: Config, in_channels: int, random_init: bool = False) -> nn.Module:
+    """The backbone of `cfg` with the weights at `path` (see `encoder_weights`). random_init: the
+    network the run started from instead (the trainer seeds with trainer.seed, then builds the
+    backbone first), keeping only what the data fitted before training (a backbone's
+    `fitted_buffers`, e.g. iGPT's palette): the random-init baseline of the same encoder."""
+    if random_init:
+        torch.manual_seed(cfg.trainer.seed)
+    backbone = build_backbone(cfg.backbone, in_channels=in_channels, image_size=cfg.views.size)
+    weights = encoder_weights(path) if not random_init or _fitted(backbone) else {}
+    if random_init:
+        return _at_init(backbone, weights, Path(path))
+    return _fill(backbone, weights, Path(path), f"backbone {cfg.backbone.name}")
+
+
+def load_method(path: str | Path, cfg: Config, in_channels: int, random_init: bool = False) -> nn.Module:
+    """The whole method of `cfg` (backbone and heads) with the weights of the latest checkpoint
+    of the run `path`, or of the checkpoint folder `path`. random_init: the method as the
+    trainer built it before its first step (seeded with trainer.seed, backbone first), with
+    the fitted buffers (codebooks, palette) of that checkpoint."""
+    if random_init:
+        torch.manual_seed(cfg.trainer.seed)
+    backbone = build_backbone(cfg.backbone, in_channels=in_channels, image_size=cfg.views.size)
+    method = build_method(cfg.method, backbone)
+    state = _checkpoint_state(Path(path))
+    if random_init:
+        return _at_init(method, state, Path(path))
+    return _fill(method, state, Path(path), f"method {cfg.method.name}")

@@ -8,6 +8,8 @@
     RUN/normalization.json       the per-channel mean and std the encoder expects
     RUN/<picture>.png            a method's last picture grid; RUN/pictures/<picture>_step_N.png
     RUN/eval_<protocol>.json     an evaluation's result (eval_<protocol>_random.json: random init)
+    RUN/eval_<protocol>_layers.png  accuracy against depth (eval.layer=all)
+    RUN/eval_<protocol>_checkpoints.json / .png  held-out loss and top-1 at every checkpoint
 """
 
 from __future__ import annotations
@@ -58,6 +60,14 @@ class RunFolder:
 
     def eval_result(self, protocol: str, random_init: bool = False) -> Path:
         return self.path / f"eval_{protocol}{'_random' if random_init else ''}.json"
+
+    def eval_track(self, protocol: str, suffix: str = ".json") -> Path:
+        """The checkpoint-by-checkpoint result of a protocol (`--checkpoints`): .json or .png."""
+        return self.path / f"eval_{protocol}_checkpoints{suffix}"
+
+    def eval_plot(self, protocol: str) -> Path:
+        """The every-layer plot of a protocol (trained and random init where measured)."""
+        return self.path / f"eval_{protocol}_layers.png"
 
     def write_stats(self, mean: list[float], std: list[float]) -> None:
         self.normalization.write_text(json.dumps({"mean": mean, "std": std}))

@@ -9,7 +9,10 @@ from selfsup.backbones import BACKBONES, BackboneConfig, build_backbone, patchif
 
 def _build(name: str, in_channels: int = 3, image_size: int = 32, **kw):
     torch.manual_seed(0)
-    return build_backbone(BackboneConfig(name=name, **kw), in_channels, image_size)
+    model = build_backbone(BackboneConfig(name=name, **kw), in_channels, image_size)
+    if hasattr(model, "palette"):  # iGPT tokenises with a palette fitted to data: fit it to noise
+        model.palette.build(torch.randn(40 * model.palette_size, in_channels), seed=0)
+    return model
 
 
 def _n_params(model) -> int:
@@ -37,8 +40,11 @@ def test_unknown_name_is_a_clear_error():
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 @pytest.mark.parametrize("in_channels,size,patch_size", [(3, 32, 8), (1, 28, 7)])
 def test_every_backbone_forward_backward(name, in_channels, size, patch_size):
-    # Default configs; ViTs with large patches (16 tokens) only to keep the test quick.
-    model = _build(name, in_channels, size, patch_size=patch_size)
+    # Default configs; ViTs with large patches (16 tokens) and a 2-block iGPT over 8x8 images
+    # (64 tokens) only to keep the test quick.
+    kw = dict(depth=2, embed_dim=64) if name.startswith("igpt") else dict(patch_size=patch_size)
+    size = 8 if name.startswith("igpt") else size
+    model = _build(name, in_channels, size, **kw)
     x = torch.randn(2, in_channels, size, size)
     y = model(x)
     assert y.shape == (2, model.dim)
@@ -71,6 +77,7 @@ def test_parameter_counts_match_published(name, kw, size, expected):
         ("resnet50", dict(), 23.5),
         ("vit_tiny", dict(patch_size=16, image_size=224), 5.5),
         ("vit_small", dict(patch_size=16, image_size=224), 21.7),
+        ("igpt_s", dict(), 76.3),  # iGPT-S at 32x32 (1,024 positions), without the output head
     ],
 )
 def test_parameter_counts_roughly(name, kw, millions):

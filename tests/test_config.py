@@ -9,7 +9,7 @@ from selfsup.methods.simclr import SimCLRConfig
 @pytest.mark.parametrize("recipe", sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
 def test_every_shipped_recipe_loads(recipe):
     cfg = load_config(recipe)
-    assert cfg.trainer.epochs >= 1
+    assert cfg.trainer.epochs > 0
     assert type(cfg.method).__name__.endswith("Config")
 
 

@@ -326,3 +326,30 @@ def test_protocols_share_one_feature_extraction_per_split():
     assert cache.extractions == 3 and both["block1"].shape == (12, 8)
     cache.features(test.images, size=16)  # another resolution is another entry
     assert cache.extractions == 4
+
+
+@pytest.mark.parametrize("name,kw", [("resnet18", dict(width=0.125)), ("vit_tiny", dict(embed_dim=32, depth=2,
+                                                                                       num_heads=2, patch_size=4)),
+                                     ("igpt_s", dict(embed_dim=16, depth=2, num_heads=2, palette_size=8))])
+def test_every_layer_probe_gives_one_result_per_layer_of_every_backbone(name, kw):
+    from selfsup.backbones import BackboneConfig, build_backbone
+    from selfsup.config import EvalConfig
+    from selfsup.data import ImageSet
+    from selfsup.eval import FeatureCache
+    from selfsup.eval.protocols import evaluate
+
+    torch.manual_seed(0)
+    net = build_backbone(BackboneConfig(name=name, **kw), 3, 8)
+    if name == "igpt_s":  # its palette is fitted to data before training: fit it to noise
+        net.palette.build(torch.randn(200, 3), seed=0)
+    y = torch.arange(40) % 4
+    train = ImageSet(_images(n=40), y, [str(c) for c in range(4)])
+    test = ImageSet(_images(n=12, seed=1), y[:12], [str(c) for c in range(4)])
+    ecfg = EvalConfig(layer="all", linear=LinearConfig(epochs=2, wd_grid=[]))
+    cache = FeatureCache(net, MEAN, STD, batch_size=16)
+    res = evaluate(cache, train, test, ecfg, ["knn", "linear"])
+    assert cache.extractions == 2  # every layer of each split in one pass
+    for r in res.values():
+        assert [row["layer"] for row in r["layers"]] == list(net.layer_names)
+        assert [row["depth"] for row in r["layers"]] == list(range(len(net.layer_names)))
+        assert r["top1"] == max(row["top1"] for row in r["layers"]) and "every layer" in r["protocol"]

@@ -1,7 +1,8 @@
 """Image encoders: a config dataclass, a registry, and `build_backbone`.
 
 Every backbone maps images `[B, C, H, W]` to pooled features `[B, dim]` and exposes
-`layer_names`, `layer_dims` and `forward_layers(x, names)` for per-layer probing.
+`layer_names`, `layer_dims` and `forward_layers(x, names)` for per-layer probing. A backbone
+that fits buffers to the data before training (iGPT's palette) names them in `fitted_buffers`.
 """
 
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from typing import Callable, Dict, Optional
 
 from torch import nn
 
+from .igpt import ImageGPT, igpt_s
 from .resnet import ResNet, resnet18, resnet34, resnet50
 from .vit import VisionTransformer, patchify, unpatchify, vit_base, vit_small, vit_tiny
 
@@ -18,7 +20,7 @@ class BackboneConfig:
     """Which encoder to build and how.
 
     name: registry key, one of `BACKBONES` (resnet18 | resnet34 | resnet50 | vit_tiny |
-        vit_small | vit_base).
+        vit_small | vit_base | igpt_s).
     cifar_stem: ResNet only. True: 3x3 stride-1 stem conv and no max-pool, so small images keep
         their resolution; False: ImageNet 7x7 stride-2 conv + max-pool; None: decide from the image
         size (CIFAR stem when image_size <= 64).
@@ -29,8 +31,13 @@ class BackboneConfig:
     patch_size: ViT only. Side of the square patches; must divide the image size.
     pool: ViT only. "mean": mean of the final patch tokens; "cls": a class token.
     drop_path: ViT only. Stochastic-depth rate of the last block, rising linearly from 0.
-    embed_dim / depth / num_heads: ViT only. Override the named size's width, number of blocks
-        and heads (null: the size's own, e.g. 192 / 12 / 3 for vit_tiny); for small CPU models.
+    embed_dim / depth / num_heads: ViT and iGPT. Override the named size's width, number of
+        blocks and heads (null: the size's own, e.g. 192 / 12 / 3 for vit_tiny, 512 / 24 / 8 for
+        igpt_s); for small CPU models.
+    palette_size: iGPT only. Colour palette entries (512: the paper's 9-bit palette), built by
+        k-means over the training pixels when training starts.
+    causal: iGPT only. Autoregressive attention (true, method.objective=ar) or bidirectional
+        (false, the BERT objective).
     """
 
     name: str = "resnet18"
@@ -43,6 +50,8 @@ class BackboneConfig:
     embed_dim: Optional[int] = None
     depth: Optional[int] = None
     num_heads: Optional[int] = None
+    palette_size: int = 512
+    causal: bool = True
 
 
 # name -> builder(cfg, in_channels, image_size); a new backbone is one line here.
@@ -53,6 +62,7 @@ BACKBONES: Dict[str, Callable[[BackboneConfig, int, int], nn.Module]] = {
     "vit_tiny": vit_tiny,
     "vit_small": vit_small,
     "vit_base": vit_base,
+    "igpt_s": igpt_s,
 }
 
 
@@ -72,6 +82,7 @@ def build_backbone(cfg: BackboneConfig, in_channels: int, image_size: int) -> nn
 __all__ = [
     "BACKBONES",
     "BackboneConfig",
+    "ImageGPT",
     "ResNet",
     "VisionTransformer",
     "build_backbone",

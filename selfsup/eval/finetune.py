@@ -31,6 +31,7 @@ from selfsup.device import autocast
 from selfsup.eval.features import extract_features, kept_modes, module_device
 from selfsup.eval.knn import topk_accuracy
 from selfsup.eval.subsets import stratified_subset
+from selfsup.protocol import Progress, hook
 from selfsup.schedules import warmup_cosine
 from selfsup.train.optim import build_optimizer, param_groups, set_lr
 from selfsup.train.step import LossWindow, backward_step, check_finite
@@ -70,6 +71,9 @@ class FinetuneConfig:
     channels_last: NHWC memory format for convolutions (as trainer.channels_last).
     seed: fixes subsets, head init, data order, augmentation and drop-path draws.
     log_every: steps between progress-bar loss updates (the loop's only host sync).
+    gen_weight: add the pretraining method's own loss on every fine-tuning batch, times this
+        weight, to the classification loss (iGPT §3.3 sums L_GEN and L_CLF; 0: off). Needs a
+        method whose loss takes one view; its heads (iGPT's generative head) train too.
     """
 
     epochs: float = 100
@@ -95,6 +99,7 @@ class FinetuneConfig:
     channels_last: bool = True
     seed: int = 0
     log_every: int = 20
+    gen_weight: float = 0.0
 
     def __post_init__(self):
         self.validate()
@@ -122,6 +127,8 @@ class FinetuneConfig:
             bad("label_smoothing", "must be in [0, 1)")
         if not 0 <= self.drop_path < 1:
             bad("drop_path", "must be in [0, 1)")
+        if self.gen_weight < 0:
+            bad("gen_weight", "must be >= 0")
         if len(self.betas) != 2:
             bad("betas", "needs two values")
         for name in ("size", "train_subset", "test_subset"):
@@ -183,17 +190,19 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))
 
 
-def finetune_optimizer(model: Classifier, cfg: FinetuneConfig, peak: float) -> torch.optim.Optimizer:
+def finetune_optimizer(model: Classifier, cfg: FinetuneConfig, peak: float,
+                       extra: list[tuple[str, nn.Parameter]] = ()) -> torch.optim.Optimizer:
     """One parameter group per (depth, decay or not), each with its `lr_scale` and `depth`; the
     weight-decay rule is pretraining's (`train.optim.decays`: none on biases, norms and learned
-    tokens, as MAE's param_groups_lrd with the ViT's no_weight_decay list)."""
+    tokens, as MAE's param_groups_lrd with the ViT's no_weight_decay list). `extra` (name,
+    parameter) pairs (the method's heads, for gen_weight) sit at the top, with the head."""
     depths, top, _ = layer_depths(model.backbone)
 
     def depth(name: str) -> int:  # the head sits at the top
         return depths[name[len("backbone."):]] if name.startswith("backbone.") else top
 
-    groups = param_groups(model.named_parameters(), cfg.weight_decay, depth=depth, top=top,
-                          layer_decay=cfg.layer_decay)
+    groups = param_groups([*model.named_parameters(), *extra], cfg.weight_decay, depth=depth,
+                          top=top, layer_decay=cfg.layer_decay)
     return build_optimizer(groups, cfg.optimizer, peak, momentum=cfg.momentum, betas=cfg.betas)
 
 
@@ -217,7 +226,7 @@ def _set_drop_path(backbone: nn.Module, rate: float) -> list[float] | None:
 
 def finetune(backbone: nn.Module, train_set, test_set, mean, std, cfg: FinetuneConfig = FinetuneConfig(),
              device: torch.device | str | None = None, precision: str = "fp32", progress: bool = False,
-             description: str | None = None) -> dict:
+             description: str | None = None, method: nn.Module | None = None) -> dict:
     """Fine-tunes `backbone` (in place; pass a copy to keep it) with a new linear head.
 
     Args:
@@ -229,6 +238,8 @@ def finetune(backbone: nn.Module, train_set, test_set, mean, std, cfg: FinetuneC
         precision: "fp32" or "bf16" (autocast; the CLI asks `resolve_precision`).
         progress: show a tqdm bar over the steps.
         description: where the weights came from, added to "protocol" (e.g. "random init").
+        method: the pretraining method around `backbone` (method.backbone is backbone), whose
+            loss on each batch is added with cfg.gen_weight; needed when gen_weight > 0.
 
     Returns:
         {"top1", "top5" (>= 5 classes), "train_top1" (clean, on the fine-tuning images), "loss"
@@ -241,6 +252,8 @@ def finetune(backbone: nn.Module, train_set, test_set, mean, std, cfg: FinetuneC
         raise ValueError("finetune: the training and test sets need labels")
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"finetune: precision must be fp32 or bf16, got {precision!r}")
+    if cfg.gen_weight > 0 and (method is None or method.backbone is not backbone):
+        raise ValueError("finetune: eval.finetune.gen_weight > 0 needs the method around the backbone")
     start_time = time.perf_counter()
     device = torch.device(device) if device is not None else module_device(backbone)
     backbone.to(device)
@@ -269,8 +282,12 @@ def finetune(backbone: nn.Module, train_set, test_set, mean, std, cfg: FinetuneC
     model = model.to(memory_format=layout)
     _, _, depth_text = layer_depths(backbone)
     old_rates = _set_drop_path(backbone, cfg.drop_path)
-    optimizer = finetune_optimizer(model, cfg, peak)
-    params = [p for p in model.parameters() if p.requires_grad]
+    gen = cfg.gen_weight > 0
+    extra = [(f"method.{n}", p) for n, p in method.named_parameters()
+             if p.requires_grad and not n.startswith("backbone.")] if gen else []
+    optimizer = finetune_optimizer(model, cfg, peak, extra)
+    params = [p for p in model.parameters() if p.requires_grad] + [p for _, p in extra]
+    prepare = hook(method, "prepare") if gen else None
     aug = torch.Generator(device=device).manual_seed(cfg.seed + 2)
     order = torch.Generator().manual_seed(cfg.seed + 3)
     window, loss_value = LossWindow(), float("nan")
@@ -289,15 +306,23 @@ def finetune(backbone: nn.Module, train_set, test_set, mean, std, cfg: FinetuneC
                 set_lr(optimizer, lr)  # times each group's lr_scale: the whole schedule scales
                 with autocast(device, precision):
                     logits = model(x)
+                    if gen:  # the method's loss on the same batch (L_GEN of iGPT §3.3)
+                        with torch.no_grad():
+                            inputs = prepare([x], aug) if prepare else [x]
+                        gen_loss = method(inputs, Progress(step, steps_per_epoch, total)).loss
                 loss = F.cross_entropy(logits.float(), labels[idx], label_smoothing=cfg.label_smoothing)
+                losses = {"fine-tuning": loss}
+                if gen:
+                    losses["generative"] = gen_loss.detach()
+                    loss = loss + cfg.gen_weight * gen_loss
                 backward_step(loss, optimizer, params, cfg.grad_clip)
-                window.add({"fine-tuning": loss})
+                window.add(losses)
                 bar.update(1)
                 if (step + 1) % cfg.log_every == 0 or step + 1 == total:
-                    losses = window.read()
-                    check_finite(losses, f"at step {step + 1}",
+                    means = window.read()
+                    check_finite(means, f"at step {step + 1}",
                                  "Try a lower eval.finetune.lr or eval.finetune.grad_clip.")
-                    loss_value = losses["fine-tuning"]
+                    loss_value = means["fine-tuning"]
                     bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}")
         train_time = time.perf_counter() - start_time  # the loss read above waited for the last step
     finally:
@@ -328,7 +353,8 @@ def finetune(backbone: nn.Module, train_set, test_set, mean, std, cfg: FinetuneC
         f"{pool}, all weights trained; {opt}, peak lr {peak:g} (= {cfg.lr:g} x {bs}/256), "
         f"layer-wise lr decay {cfg.layer_decay:g} ({depth_text}), weight decay {cfg.weight_decay:g} "
         f"(none on biases and norms), {cfg.warmup_epochs:g} warm-up epochs then cosine to "
-        f"{f'{cfg.min_lr:g} x peak' if cfg.min_lr else '0'}; cross-entropy with label smoothing {cfg.label_smoothing:g}; {dp}"
+        f"{f'{cfg.min_lr:g} x peak' if cfg.min_lr else '0'}; cross-entropy with label smoothing {cfg.label_smoothing:g}"
+        f"{f' plus {cfg.gen_weight:g} x the pretraining loss on each batch' if gen else ''}; {dp}"
         f"{f', grad clip {cfg.grad_clip:g}' if cfg.grad_clip else ''}; {cfg.epochs:g} epochs = {total} steps of "
         f"batch {bs}; augmentation: random resized crop to {size} px (scale {list(cfg.scale)}, ratio "
         f"[{cfg.ratio[0]:.3g}, {cfg.ratio[1]:.3g}]), flip p={flip_p:g}, no RandAugment/mixup/cutmix/erasing; "

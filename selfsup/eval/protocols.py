@@ -4,6 +4,7 @@ shared by every protocol of an invocation (k-NN and the linear probe of the same
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from selfsup.eval.features import FeatureCache
@@ -45,10 +46,31 @@ def linear_eval(cache: FeatureCache, train, test, ecfg, size: int | None = None,
 PROTOCOLS = {"knn": knn_eval, "linear": linear_eval}
 
 
+def every_layer(protocol: str, cache: FeatureCache, train, test, ecfg, size: int | None = None,
+                progress: bool = False, seed: int = 0) -> dict:
+    """`protocol` on each of the backbone's `layer_names`, from one feature pass per split (every
+    layer extracted together): {"top1" and "best_layer" of the best layer, "layers": [{"layer",
+    "depth", **that layer's result}] in depth order, "protocol"}."""
+    names = list(cache.backbone.layer_names)
+    for images in (train.images, test.images):
+        cache.layers(images, names, size)
+    rows = [{"layer": name, "depth": i, **PROTOCOLS[protocol](
+        cache, train, test, dataclasses.replace(ecfg, layer=name), size, progress, seed)}
+        for i, name in enumerate(names)]
+    best = max(rows, key=lambda r: r["top1"])
+    first = rows[0]["protocol"].rsplit(", features:", 1)[0]
+    return {"top1": best["top1"], "best_layer": best["layer"], "layers": rows,
+            "protocol": f"{first}; at every layer of {type(cache.backbone).__name__} "
+                        f"({', '.join(names)}), each layer's output pooled"}
+
+
 def evaluate(cache: FeatureCache, train, test, ecfg, protocols: Sequence[str],
              size: int | None = None, progress: bool = False, seed: int = 0) -> dict[str, dict]:
-    """{protocol: result} for each of `protocols` (names in PROTOCOLS), on one feature cache."""
+    """{protocol: result} for each of `protocols` (names in PROTOCOLS), on one feature cache;
+    with `ecfg.layer` "all", each result is `every_layer`'s."""
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown:
         raise ValueError(f"unknown protocol(s) {unknown}; have {', '.join(PROTOCOLS)}")
+    if ecfg.layer == "all":
+        return {p: every_layer(p, cache, train, test, ecfg, size, progress, seed) for p in protocols}
     return {p: PROTOCOLS[p](cache, train, test, ecfg, size, progress, seed) for p in protocols}

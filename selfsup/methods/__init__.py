@@ -9,6 +9,7 @@ from selfsup.methods.beit import BEiT
 from selfsup.methods.byol import BYOL
 from selfsup.methods.damaged_jigsaw import DamagedJigsaw
 from selfsup.methods.dino import DINO
+from selfsup.methods.igpt import IGPT
 from selfsup.methods.jigsaw import Jigsaw
 from selfsup.methods.mae import MAE
 from selfsup.methods.mocov2 import MoCoV2
@@ -23,6 +24,7 @@ METHODS = {
     "byol": BYOL,
     "damaged_jigsaw": DamagedJigsaw,
     "dino": DINO,
+    "igpt": IGPT,
     "jigsaw": Jigsaw,
     "mae": MAE,
     "mocov2": MoCoV2,

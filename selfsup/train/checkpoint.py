@@ -25,6 +25,7 @@ def _tensors(state: dict) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(ckpt_dir: Path, model_state: dict, train_state: dict, step: int,
                     keep: int = 1) -> Path:
+    """Write checkpoint `step` atomically, then delete all but the newest `keep` (0: none)."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"{PREFIX}{step:08d}"
@@ -39,8 +40,9 @@ def save_checkpoint(ckpt_dir: Path, model_state: dict, train_state: dict, step: 
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    for old in sorted(ckpt_dir.glob(f"{PREFIX}*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    if keep > 0:  # keep 0: every checkpoint stays
+        for old in sorted(ckpt_dir.glob(f"{PREFIX}*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

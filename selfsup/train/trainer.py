@@ -29,7 +29,7 @@ from selfsup.device import autocast, resolve_device, resolve_precision
 from selfsup.eval.features import FeatureCache, frozen_eval
 from selfsup.eval.protocols import evaluate
 from selfsup.methods import build_method
-from selfsup.protocol import Output, Progress, hook, param_sets, set_parameters
+from selfsup.protocol import Output, Progress, hook, method_inputs, param_sets, set_parameters
 from selfsup.runfolder import RunFolder
 from selfsup.schedules import cosine_schedule, warmup_cosine
 from selfsup.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_weights
@@ -181,7 +181,8 @@ class Trainer:
             return
         state = {"step": self.step, "torch_rng": torch.get_rng_state(),
                  "optimizers": {s.name: s.optimizer.state_dict() for s in self.sets}}
-        save_checkpoint(self.run.checkpoints, self.model.state_dict(), state, self.step)
+        save_checkpoint(self.run.checkpoints, self.model.state_dict(), state, self.step,
+                        keep=self.cfg.trainer.keep_checkpoints)
 
     def resume(self) -> bool:
         """Continue from the run folder's latest checkpoint, if there is one."""
@@ -240,15 +241,8 @@ class Trainer:
         """The method's inputs for a uint8 batch [B, C, H, W]: its views, then (for methods with a
         `prepare`) the pretext inputs, targets or masks made from them, all drawn from one
         generator seeded with `aug_seed`, so a step's draws depend only on the seed, rank and step."""
-        g = self._aug.manual_seed(aug_seed)
-        views = self.views(x, g)
-        prepare = hook(self.model, "prepare")
-        if prepare:
-            views = prepare(views, g)
-        if self.cfg.trainer.channels_last:  # image batches only; targets and masks stay as they are
-            views = [v.contiguous(memory_format=torch.channels_last)
-                     if v.dim() == 4 and v.is_floating_point() else v for v in views]
-        return views
+        return method_inputs(self.model, self.views, x, self._aug.manual_seed(aug_seed),
+                             self.cfg.trainer.channels_last)
 
     def sample_views(self, n: int, seed: int) -> list[torch.Tensor]:
         """The method's inputs (as `make_views` gives them) for `n` training images picked with

@@ -1,0 +1,61 @@
+"""Plots of evaluation results, written as PNG files (matplotlib's Agg canvas: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def plot_layers(curves: dict[str, list[dict]], path: Path, title: str) -> Path:
+    """Top-1 against depth: one line per entry of `curves` ({label: the "layers" rows of an
+    every-layer result, each with "layer", "depth", "top1"}); labels ending in "random init"
+    are dashed. Written to a temporary name and renamed, like every file of a run folder."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3.8), dpi=120)
+    ax = fig.add_subplot()
+    names: list[str] = []
+    for label, rows in curves.items():
+        depth = [r["depth"] for r in rows]
+        ax.plot(depth, [r["top1"] for r in rows], marker="o", markersize=3, label=label,
+                linestyle="--" if label.endswith("random init") else "-")
+        if len(rows) > len(names):
+            names = [r["layer"] for r in rows]
+    ax.set_xticks(range(len(names)), names, rotation=60, fontsize=7)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_track(points: list[dict], path: Path, title: str, ylabel: str) -> Path:
+    """Top-1 against the held-out pretraining loss, one point per checkpoint (`points`: rows with
+    "step", "loss" and "top1"), joined in training order and labelled with their steps: iGPT's
+    fig. 3. Written like `plot_layers`."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4.2), dpi=120)
+    ax = fig.add_subplot()
+    x, y = [p["loss"] for p in points], [p["top1"] for p in points]
+    ax.plot(x, y, color="0.7", linewidth=1, zorder=1)
+    ax.scatter(x, y, c=range(len(points)), cmap="viridis", s=28, zorder=2)
+    for i, p in enumerate(points):  # labels above and below in turn: late points crowd together
+        ax.annotate(f"{p['step']}", (p["loss"], p["top1"]), textcoords="offset points",
+                    xytext=(4, 4 if i % 2 else -10), fontsize=7)
+    ax.set_xlabel("held-out pretraining loss (nats; lower is better)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    """PNG to a temporary name, then renamed into place."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png")
+    tmp.replace(path)
+    return path
