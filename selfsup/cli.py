@@ -173,12 +173,11 @@ def _track(run, cfg, protocols, train, test, mean, std, device, precision, size,
               f"{cfg.trainer.keep_checkpoints}): two points, the random init and it", file=sys.stderr)
     in_channels = train.images.shape[1]
 
-    def load(ckpt):
-        return load_method(ckpt or points[-1], cfg, in_channels, random_init=ckpt is None)
+    start = load_method(points[-1], cfg, in_channels, random_init=True)  # step 0, built once
+    _check_layer(cfg, start.backbone)
 
-    first = load(None)
-    _check_layer(cfg, first.backbone)
-    del first
+    def load(ckpt):
+        return start if ckpt is None else load_method(ckpt, cfg, in_channels)
     res = track(load, points, cfg, train, test, mean, std, protocols, n_train=n_train, device=device,
                 precision=precision, size=size, progress=True)
     metrics = [k for k in res["points"][0]["heldout"] if k != "loss"]

@@ -9,9 +9,9 @@ from torch import nn
 
 from selfsup.backbones import build_backbone
 from selfsup.config import Config, build_config
-from selfsup.methods import build_method
 from selfsup.runfolder import RunFolder
 from selfsup.train.checkpoint import PREFIX, latest_checkpoint, load_checkpoint, load_weights
+from selfsup.train.trainer import build_model
 
 
 def find_run_dir(path: str | Path) -> Path:
@@ -101,8 +101,7 @@ def load_method(path: str | Path, cfg: Config, in_channels: int, random_init: bo
     the fitted buffers (codebooks, palette) of that checkpoint."""
     if random_init:
         torch.manual_seed(cfg.trainer.seed)
-    backbone = build_backbone(cfg.backbone, in_channels=in_channels, image_size=cfg.views.size)
-    method = build_method(cfg.method, backbone)
+    method = build_model(cfg, in_channels)
     state = _checkpoint_state(Path(path))
     if random_init:
         return _at_init(method, state, Path(path))

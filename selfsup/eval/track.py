@@ -30,6 +30,7 @@ from selfsup.eval.protocols import evaluate
 from selfsup.eval.subsets import stratified_subset
 from selfsup.protocol import Progress, as_float, method_inputs, param_sets
 from selfsup.train.checkpoint import PREFIX
+from selfsup.train.trainer import run_length
 from selfsup.views import build_view_set
 
 
@@ -85,9 +86,8 @@ def track(load: Callable[[Path | None], nn.Module], points: Sequence[Path], cfg:
     protocol: {"top1", ["best_layer"]}}], "correlation": {protocol: {"pearson", "spearman"}},
     "protocol": {protocol: the last point's protocol line}, "loss_images"}.
     """
-    t = cfg.trainer
-    steps_per_epoch = max(1, n_train // t.batch_size)
-    total_steps = max(1, round(t.epochs * steps_per_epoch))
+    steps_per_epoch, total_steps = run_length(n_train, cfg.trainer.epochs, cfg.trainer.batch_size)
+    steps_per_epoch = max(1, steps_per_epoch)
     n_loss = min(cfg.eval.loss_images, len(test))
     pick = stratified_subset(test.labels, 2, total=n_loss)[0] if test.labels is not None else \
         torch.arange(n_loss)

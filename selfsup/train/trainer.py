@@ -49,6 +49,13 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 10_007 + epoch))
 
 
+def run_length(n_images: int, epochs: float, batch_size: int) -> tuple[int, int]:
+    """(steps per epoch, total steps) of a run over `n_images` in global batches of
+    `batch_size`: the last partial batch of an epoch is dropped; at least one step."""
+    steps_per_epoch = n_images // batch_size
+    return steps_per_epoch, max(1, round(epochs * steps_per_epoch))
+
+
 def prepare_data(cfg: Config) -> tuple[ImageSet, ImageSet | None, list[float], list[float]]:
     d = cfg.data
     train = load_dataset(d.name, d.train_split, root=d.root, image_size=d.image_size,
@@ -112,11 +119,10 @@ class Trainer:
         if t.batch_size % self.world:
             raise ConfigError(f"trainer.batch_size={t.batch_size} must divide among {self.world} processes")
         self.local_batch = t.batch_size // self.world
-        self.steps_per_epoch = len(self.train_set) // t.batch_size
+        self.steps_per_epoch, self.total_steps = run_length(len(self.train_set), t.epochs, t.batch_size)
         if self.steps_per_epoch == 0:
             raise ConfigError(f"trainer.batch_size={t.batch_size} is larger than the training set "
                              f"({len(self.train_set)} images)")
-        self.total_steps = max(1, round(t.epochs * self.steps_per_epoch))
         store = self.device if cfg.data.on_device else torch.device("cpu")
         self.images = self.train_set.images.to(store)
 
