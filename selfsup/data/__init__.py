@@ -5,11 +5,19 @@
     pics = load_dataset("~/photos.tar.gz", image_size=64)  # or a path
 
 Readers: cifar.py (CIFAR-10/100 pickles, CIFAR-10 JPEG tree), idx.py (MNIST, Fashion-MNIST),
-stl10.py, folder.py (image folders and tars), npz.py, digits.py (offline default). Decoded
-image folders are cached by cache.py; roots.py says where data is looked for.
+stl10.py, folder.py (image folders and tars, with tarstream.py and labelfile.py), npz.py,
+digits.py (offline default). Decoded image folders are cached by cache.py; roots.py says where
+data is looked for. check_same_classes guards an evaluation against a test split whose labels
+mean something else.
 """
 
-from .imageset import DataError, DataWarning, ImageSet, dataset_stats
+from .imageset import (
+    DataError,
+    DataWarning,
+    ImageSet,
+    check_same_classes,
+    dataset_stats,
+)
 from .registry import known_datasets, load_dataset
 from .roots import cache_root, data_root
 
@@ -18,6 +26,7 @@ __all__ = [
     "DataWarning",
     "ImageSet",
     "cache_root",
+    "check_same_classes",
     "data_root",
     "dataset_stats",
     "known_datasets",

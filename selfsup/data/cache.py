@@ -12,39 +12,40 @@ import json
 import os
 import warnings
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .imageset import DataWarning, ImageSet
+from .imageset import DataError, DataWarning, ImageSet
 from .roots import cache_root
 
-# Bump when decoding changes (mode handling, resizing), so stale entries are ignored.
-CACHE_VERSION = 1
+# Bump when decoding changes (mode handling, resizing, orientation), so stale entries are ignored.
+CACHE_VERSION = 2
 
 
-def fingerprint(path: Path) -> dict:
-    """Identity of a source: absolute path, size and mtime. For a folder, the size and mtime of
-    every file in it, since a folder's own mtime misses edits inside subfolders."""
+def fingerprint(path: Path, files: Iterable[tuple[str, os.stat_result | None]] = ()) -> dict:
+    """Identity of a source: absolute path, size and mtime. A folder is identified by `files`,
+    the (name, stat) of every file its reader reads (stat None: unreadable), not by a walk of its
+    own: the reader follows directory links and a plain walk would not, so edits behind a link
+    would go unnoticed; and a folder's own mtime misses edits inside subfolders."""
     path = path.absolute()
-    st = path.stat()
     if not path.is_dir():
+        st = path.stat()
         return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     h = hashlib.sha256()
     count = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames.sort()
-        for name in sorted(filenames):
-            fst = os.stat(os.path.join(dirpath, name))
-            rel = os.path.relpath(os.path.join(dirpath, name), path)
-            h.update(f"{rel}\0{fst.st_size}\0{fst.st_mtime_ns}\n".encode())
-            count += 1
+    for name, st in files:
+        size, mtime = (st.st_size, st.st_mtime_ns) if st is not None else (-1, -1)
+        h.update(f"{name}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
+        count += 1
     return {"path": str(path), "files": count, "listing": h.hexdigest()}
 
 
-def cache_file(source: Path, split: str, image_size: int | None) -> Path:
-    key = {"v": CACHE_VERSION, "source": fingerprint(source), "split": split, "image_size": image_size}
+def cache_file(source: Path, split: str, image_size: int | None,
+               files: Iterable[tuple[str, os.stat_result | None]] = ()) -> Path:
+    key = {"v": CACHE_VERSION, "source": fingerprint(source, files), "split": split, "image_size": image_size}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     stem = source.name.split(".")[0] or "data"
     size = f"-{image_size}px" if image_size else ""
@@ -63,7 +64,7 @@ def load(path: Path, name: str) -> tuple[ImageSet, list[str]] | None:
             classes = [str(c) for c in z["classes"]] if "classes" in z.files else None
             skipped = [str(s) for s in z["skipped"]] if "skipped" in z.files else []
         return ImageSet(images, labels, classes, name), skipped
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, DataError) as e:
         warnings.warn(f"ignoring unreadable cache entry {path}: {e}", DataWarning, stacklevel=3)
         return None
 

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from selfsup.errors import SelfsupError
 
-class DataError(Exception):
+
+class DataError(SelfsupError):
     """A dataset could not be found or read; the message names the files, keys or paths involved."""
 
 
@@ -87,6 +89,49 @@ class ImageSet:
         idx = idx.to(device=self.images.device, dtype=torch.int64)
         labels = self.labels[idx] if self.labels is not None else None
         return ImageSet(self.images[idx], labels, self.classes, self.name)
+
+
+def check_same_classes(train: ImageSet, test: ImageSet, train_what: str, test_what: str) -> None:
+    """Refuse a test split whose labels do not mean what the training split's labels mean, so
+    that an evaluation on it cannot quietly score 0 %. `train_what` / `test_what` name the splits
+    in the message (e.g. "data.train_split 'train' of /data/pets").
+
+    Passes when both splits are unlabelled (there is nothing to compare), and when both are
+    labelled with the same class list (same names, same order), every label of each lies in that
+    list, and every class that has test images has training images too. A class of the list
+    with no test images is fine. When either split has no class names (labels only, e.g. an
+    .npz without them), the lists are not compared; the rest is. Raises DataError otherwise:
+    one split labelled and the other not, class lists that differ, or a class with test images
+    but no training images. Call it with the whole training split, before taking a subset of
+    it, or a rare class may be missing from the subset.
+    """
+    if train.labels is None and test.labels is None:
+        return
+    if train.labels is None or test.labels is None:
+        has, lacks = (test_what, train_what) if train.labels is None else (train_what, test_what)
+        raise DataError(f"{has} is labelled but {lacks} is not, so the test labels cannot be "
+                        f"compared with the training classes")
+    for ds, what in ((train, train_what), (test, test_what)):
+        if ds.classes is not None and len(ds.labels) and not (
+                0 <= int(ds.labels.min()) and int(ds.labels.max()) < len(ds.classes)):
+            raise DataError(f"{what} has labels outside its {len(ds.classes)} classes")
+    if train.classes is not None and test.classes is not None and train.classes != test.classes:
+        extra = [c for c in test.classes if c not in train.classes]
+        missing = [c for c in train.classes if c not in test.classes]
+        why = (f"{test_what} has class(es) {_names(extra)} that {train_what} lacks" if extra else
+               f"{test_what} lacks class(es) {_names(missing)} of {train_what}" if missing else
+               "they list the same classes in a different order")
+        raise DataError(f"{test_what} and {train_what} have different class lists: {why}")
+    seen = set(train.labels.unique().tolist())
+    extra = sorted(set(test.labels.unique().tolist()) - seen)
+    if extra:
+        names = [train.classes[k] if train.classes and 0 <= k < len(train.classes) else str(k) for k in extra]
+        raise DataError(f"{test_what} has images of {len(extra)} class(es) that {train_what} has no "
+                        f"images of: {_names(names)}")
+
+
+def _names(names: list[str], shown: int = 5) -> str:
+    return ", ".join(repr(n) for n in names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown else "")
 
 
 def dataset_stats(ds: ImageSet) -> tuple[list[float], list[float]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -63,11 +64,16 @@ def load_dataset(
     download: fetch a missing official dataset into the data root, checking its md5.
     strict: raise on the first undecodable image instead of skipping it with a warning.
     """
-    if image_size is not None and int(image_size) <= 0:
-        raise DataError(f"image_size must be a positive number of pixels, got {image_size}")
-    image_size = int(image_size) if image_size is not None else None
+    if image_size is not None:
+        if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral):
+            raise DataError(f"data.image_size must be a whole number of pixels, got {image_size!r}")
+        image_size = int(image_size)
+        if image_size <= 0:
+            raise DataError(f"data.image_size must be a positive number of pixels, got {image_size}")
     req = LoadRequest(normalize_split(split), tuple(search_roots(root)), root, image_size, cache, download, strict)
     text = os.fspath(source).strip()
+    if not text:
+        raise DataError("data.name is empty: give a dataset name or a path")
     name = ALIASES.get(text.lower(), text.lower())
     if name in DATASETS and not _looks_like_path(text):
         ds = DATASETS[name](req)
