@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import warnings
 from pathlib import Path
 
 from selfsup.config import RECIPES_DIR, ConfigError, load_config, recipe_path, to_yaml
@@ -40,20 +42,30 @@ def _is_finetune_recipe(path: Path) -> bool:
 
 def _pretrain(args) -> int:
     from selfsup.run import find_run_dir, load_run_config
+    from selfsup.runfolder import RunFolder, default_run_dir
     from selfsup.train.trainer import Trainer
 
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues the run in its folder and --overwrite replaces it: "
+                          "choose one")
     if args.resume:
         run_dir = find_run_dir(args.resume)
+        RunFolder(run_dir).check_unlocked()  # before reading any data
         cfg = load_run_config(run_dir, args.overrides)
         trainer = Trainer(cfg, run_dir=run_dir)
         if not trainer.resume():
-            print(f"{run_dir} has no checkpoint yet: starting from step 0", file=sys.stderr)
+            print(f"{run_dir} has no usable checkpoint yet: starting from step 0", file=sys.stderr)
     else:
         if _is_finetune_recipe(recipe_path(args.recipe)):
             raise ConfigError(f"{args.recipe} is a fine-tune recipe: use it as "
                               f"selfsup eval finetune RUN --recipe {args.recipe}")
         cfg = load_config(args.recipe, args.overrides)
-        trainer = Trainer(cfg, run_dir=args.run_dir, recipe=Path(args.recipe).stem)
+        t = cfg.trainer
+        run = RunFolder(Path(args.run_dir) if args.run_dir else
+                        default_run_dir(t.out, t.run_name, Path(args.recipe).stem))
+        run.check_unlocked()  # before reading any data; the trainer checks again under the lock
+        run.check_new(args.overwrite)
+        trainer = Trainer(cfg, run_dir=run.path, overwrite=args.overwrite)
     run_dir = trainer.fit()
     print(f"run folder: {run_dir}")
     return 0
@@ -63,7 +75,7 @@ def _evaluate(args) -> int:
     import dataclasses
 
     from selfsup.config import build_config, view_configs
-    from selfsup.data import dataset_stats, load_dataset
+    from selfsup.data import check_same_classes, dataset_stats, load_dataset
     from selfsup.device import resolve_device, resolve_precision
     from selfsup.eval.features import FeatureCache
     from selfsup.eval.finetune import finetune
@@ -87,12 +99,14 @@ def _evaluate(args) -> int:
     recipe = [recipe_path(args.recipe)] if args.recipe else []
     cfg = build_config(run.config, *recipe, list(args.overrides))
     d = cfg.data
-    train = load_dataset(d.name, d.train_split, root=d.root, image_size=d.image_size)
+    train = load_dataset(d.name, d.train_split, root=d.root, image_size=d.image_size, strict=d.strict)
     if train.labels is None:
         raise ConfigError(f"data {d.name!r} split {d.train_split!r} has no labels to evaluate with")
     if not d.test_split:
         raise ConfigError("data.test_split is null: name a labelled split to test on")
-    test = load_dataset(d.name, d.test_split, root=d.root, image_size=d.image_size)
+    test = load_dataset(d.name, d.test_split, root=d.root, image_size=d.image_size, strict=d.strict)
+    check_same_classes(train, test, f"data.train_split={d.train_split!r} of {d.name}",
+                       f"data.test_split={d.test_split!r}")
     mean, std = run.read_stats() or dataset_stats(train)
     subsets = {}  # the frozen protocols' subsets (eval.train_subset / test_subset)
     for name, split, n, seed in (("train", train, cfg.eval.train_subset, 0), ("test", test, cfg.eval.test_subset, 1)):
@@ -120,7 +134,6 @@ def _evaluate(args) -> int:
         backbone = method.backbone
     else:
         backbone = load_encoder(args.run, cfg, in_channels, random_init=args.random_init)
-    _check_layer(cfg, backbone)
     backbone = backbone.to(device)
     weights = "random init (trainer.seed %d)" % cfg.trainer.seed if args.random_init else str(args.run)
     frozen = [p for p in protocols if p != "finetune"]
@@ -150,21 +163,15 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _check_layer(cfg, backbone) -> None:
-    layers = [None, "all", *getattr(backbone, "layer_names", [])]
-    if cfg.eval.layer not in layers:
-        raise ConfigError(f"eval.layer={cfg.eval.layer!r} is not a layer of {cfg.backbone.name}; "
-                          f"choose all or one of {', '.join(layers[2:])}")
-
-
 def _track(run, cfg, protocols, train, test, mean, std, device, precision, size, n_train, note) -> int:
     """`--checkpoints`: the held-out pretraining loss and the protocols at the random init and at
     every kept checkpoint (selfsup/eval/track.py); a table, and per protocol a JSON and a plot."""
     from selfsup.eval.plots import plot_track
-    from selfsup.eval.track import checkpoints, track
+    from selfsup.eval.track import track
     from selfsup.run import load_method
+    from selfsup.train.checkpoint import checkpoints
 
-    points = checkpoints(run.path)
+    points = checkpoints(run.checkpoints)
     if not points:
         raise ConfigError(f"{run.path} has no checkpoint to follow: pretrain with "
                           f"trainer.keep_checkpoints=0 and trainer.checkpoint_every_steps=N")
@@ -174,7 +181,6 @@ def _track(run, cfg, protocols, train, test, mean, std, device, precision, size,
     in_channels = train.images.shape[1]
 
     start = load_method(points[-1], cfg, in_channels, random_init=True)  # step 0, built once
-    _check_layer(cfg, start.backbone)
 
     def load(ckpt):
         return start if ckpt is None else load_method(ckpt, cfg, in_channels)
@@ -256,12 +262,17 @@ def _config(args) -> int:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="selfsup", description=__doc__.split("\n")[0])
+    ap.add_argument("--traceback", action="store_true", help="show the full traceback of every "
+                    "error, not only of unexpected ones (or set SELFSUP_TRACEBACK=1)")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help="train an encoder with a self-supervised method")
     p.add_argument("--recipe", "-r", default="quick", help="shipped recipe name or YAML path")
     p.add_argument("--run-dir", help="run folder (default: trainer.out/<recipe>-<time>)")
-    p.add_argument("--resume", metavar="RUN", help="continue a run from its latest checkpoint")
+    p.add_argument("--resume", metavar="RUN", help="continue a run from its newest checkpoint "
+                   "that verifies")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in a --run-dir that "
+                   "holds an earlier run, removing that run's files")
     p.add_argument("overrides", nargs="*", help="key.sub=value")
     p.set_defaults(func=_pretrain)
 
@@ -288,6 +299,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--recipe", "-r", default="quick")
     c.add_argument("overrides", nargs="*")
     c.set_defaults(func=_config)
+    for command in (p, e, r, c):  # also accepted after the command
+        command.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
+                             help=argparse.SUPPRESS)
     return ap
 
 
@@ -300,20 +314,33 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(r.startswith("-") for r in rest):
             ap.error(f"unrecognized arguments: {' '.join(rest)}")
         args.overrides = [*args.overrides, *rest]
+    traceback = args.traceback or os.environ.get("SELFSUP_TRACEBACK", "") not in ("", "0")
+    from selfsup.data import DataWarning
+    from selfsup.errors import SelfsupError
+    from selfsup.train.checkpoint import CheckpointWarning
+
+    shown = warnings.showwarning
+
+    def one_line(message, category, *args, **kwargs):  # ours (skipped images, checkpoints): one line
+        if issubclass(category, (DataWarning, CheckpointWarning)):
+            print(f"selfsup: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, *args, **kwargs)
+
+    warnings.showwarning = one_line
     try:
         return args.func(args)
-    except Exception as e:  # the errors a user can act on get one line, not a traceback
-        from selfsup.data import DataError
-        from selfsup.train.step import TrainingDiverged
-
-        if isinstance(e, (ConfigError, DataError, FileNotFoundError, TrainingDiverged)):
-            print(f"selfsup: error: {e}", file=sys.stderr)
-            return 2
-        raise
+    except (SelfsupError, OSError) as e:  # what a user can act on: one line, no traceback
+        if traceback:
+            raise
+        print(f"selfsup: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\nselfsup: interrupted; resume with: selfsup pretrain --resume <run folder>",
               file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

@@ -9,23 +9,23 @@ the method it names, looked up in the method registry.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from selfsup.backbones import BackboneConfig
+from selfsup.errors import ConfigError
 from selfsup.eval import FinetuneConfig, KNNConfig, LinearConfig
 from selfsup.methods import METHODS
 from selfsup.views import ViewConfig
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
-
-
-class ConfigError(ValueError):
-    """A recipe or override that cannot be used; the message names the key."""
 
 
 def _choice(name: str, value: Any, allowed: tuple) -> None:
@@ -46,6 +46,7 @@ class DataConfig:
     subset: train on a seeded random subset of this many training images.
     on_device: keep the uint8 images on the training device (the fast path).
     download: fetch a missing official dataset into the root (checksum verified).
+    strict: stop at the first image that cannot be decoded (default: skip it, warn, count it).
     """
 
     name: str = "digits"
@@ -56,6 +57,15 @@ class DataConfig:
     subset: Optional[int] = None
     on_device: bool = True
     download: bool = False
+    strict: bool = False
+
+    def __post_init__(self):
+        if not str(self.name).strip():
+            raise ValueError("data.name is empty: name a dataset or a path")
+        for name in ("image_size", "subset"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"data.{name}={value}: must be at least 1 (or null)")
 
 
 @dataclass
@@ -100,7 +110,8 @@ class TrainerConfig:
     checkpoint_every: save every N epochs; checkpoint_every_steps: also every N steps (0: off).
     keep_checkpoints: how many of the newest checkpoints the run folder keeps (0: every one, so
         that `selfsup eval PROTOCOL RUN --checkpoints` can follow the run; each is the method's
-        weights plus the optimizer's state).
+        weights plus the optimizer's state). More than one lets `--resume` fall back to an older
+        checkpoint when the newest fails its verification (selfsup/train/checkpoint.py).
     log_every: steps between logged points. progress: show a progress bar.
     out: folder for run folders; run_name: this run's folder name (default: recipe + time).
     param_sets: per parameter set, changes to the optimizer settings above (`ParamSetConfig`),
@@ -132,7 +143,7 @@ class TrainerConfig:
     knn_bank: Optional[int] = None
     checkpoint_every: int = 1
     checkpoint_every_steps: int = 0
-    keep_checkpoints: int = 1
+    keep_checkpoints: int = 2
     log_every: int = 10
     progress: bool = True
     out: str = "runs"
@@ -145,15 +156,27 @@ class TrainerConfig:
             check_optimizer_settings(changes, f"trainer.param_sets.{name}")
         _choice("trainer.lr_scaling", self.lr_scaling, ("linear", "sqrt", "none"))
         _choice("trainer.precision", self.precision, ("auto", "bf16", "fp32"))
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ValueError(f"trainer.device={self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
         if self.epochs <= 0:
             raise ValueError(f"trainer.epochs must be positive, got {self.epochs}")
-        for name in ("batch_size", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"trainer.{name} must be at least 1, got {getattr(self, name)}")
-        if self.keep_checkpoints < 0:
-            raise ValueError(f"trainer.keep_checkpoints must be >= 0 (0: every one), got {self.keep_checkpoints}")
-        if self.lars_trust <= 0:
-            raise ValueError(f"trainer.lars_trust must be positive, got {self.lars_trust}")
+        at_least = {"batch_size": 1, "log_every": 1, "checkpoint_every": 1, "threads": 1, "knn_bank": 1,
+                    "checkpoint_every_steps": 0, "keep_checkpoints": 0, "knn_every": -1}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ValueError(f"trainer.{name} must be at least {low}, got {value}")
+        for name, low, high in (("warmup_epochs", 0, None), ("min_lr", 0, 1), ("lars_trust", 1e-12, None)):
+            value = getattr(self, name)
+            if value < low or (high is not None and value > high):
+                bounds = f"in [{low}, {high}]" if high is not None else ("positive" if low else ">= 0")
+                raise ValueError(f"trainer.{name} must be {bounds}, got {value}")
+        for name in ("run_name", "out"):
+            if getattr(self, name) is not None and not str(getattr(self, name)).strip():
+                raise ValueError(f"trainer.{name} is empty")
+        if self.run_name is not None and ("/" in self.run_name or "\\" in self.run_name or self.run_name in (".", "..")):
+            raise ValueError(f"trainer.run_name={self.run_name!r} must be a folder name, not a path "
+                             f"(use trainer.out or --run-dir for the place)")
 
 
 def check_optimizer_settings(s: TrainerConfig | ParamSetConfig, section: str) -> None:
@@ -163,10 +186,16 @@ def check_optimizer_settings(s: TrainerConfig | ParamSetConfig, section: str) ->
         _choice(f"{section}.optimizer", s.optimizer, ("sgd", "adamw", "lars"))
     if s.lr is not None and s.lr <= 0:
         raise ValueError(f"{section}.lr must be positive, got {s.lr}")
-    if s.weight_decay is not None and s.weight_decay < 0:
-        raise ValueError(f"{section}.weight_decay must be >= 0, got {s.weight_decay}")
-    if s.betas is not None and len(s.betas) != 2:
-        raise ValueError(f"{section}.betas needs two values, got {list(s.betas)}")
+    for name in ("weight_decay", "weight_decay_end"):
+        value = getattr(s, name)
+        if value is not None and value < 0:
+            raise ValueError(f"{section}.{name} must be >= 0, got {value}")
+    if s.momentum is not None and not 0 <= s.momentum < 1:
+        raise ValueError(f"{section}.momentum must be in [0, 1), got {s.momentum}")
+    if s.grad_clip is not None and s.grad_clip <= 0:
+        raise ValueError(f"{section}.grad_clip must be positive (or null: off), got {s.grad_clip}")
+    if s.betas is not None and (len(s.betas) != 2 or not all(0 <= b < 1 for b in s.betas)):
+        raise ValueError(f"{section}.betas needs two values in [0, 1), got {list(s.betas)}")
 
 
 @dataclass
@@ -220,14 +249,16 @@ class Config:
 
 def recipe_path(recipe: str) -> Path:
     """A shipped recipe's name (quick, cifar10_simclr, ...) or a path to a YAML file."""
-    path = Path(recipe)
-    if path.suffix in (".yaml", ".yml") and path.exists():
-        return path
+    path = Path(recipe).expanduser()
+    if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        if path.is_file():
+            return path
+        raise ConfigError(f"recipe {recipe}: {'no such file' if not path.exists() else 'not a file'}")
     shipped = RECIPES_DIR / f"{recipe}.yaml"
     if shipped.exists():
         return shipped
     names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
-    raise ConfigError(f"no recipe {recipe!r}: not a YAML file, and not one of: {', '.join(names)}")
+    raise ConfigError(f"no recipe {recipe!r}: not a shipped recipe ({', '.join(names)}) nor a .yaml path")
 
 
 def _merge(schema_obj: Any, *sources: Any, prefix: str = "") -> DictConfig:
@@ -259,9 +290,29 @@ def _as_dictconfig(source: Any, what: str) -> DictConfig:
     try:
         if isinstance(source, (list, tuple)):
             return OmegaConf.from_dotlist(list(source))
-        return OmegaConf.load(source)
+        loaded = OmegaConf.load(source)
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot parse {what}: {str(e).splitlines()[0]}") from None
+    except yaml.YAMLError as e:  # the parser's own message ends with the line and column
+        where = getattr(e, "problem_mark", None)
+        line = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        raise ConfigError(f"{what} is not valid YAML{line}: {getattr(e, 'problem', None) or e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {what}: {e}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{what} must hold a mapping of sections (data:, trainer:, ...), "
+                          f"not a {type(loaded).__name__}")
+    return loaded
+
+
+def _check_finite(node: Any, key: str) -> None:
+    """Refuse NaN and infinity in any number setting: they pass every range check (each
+    comparison with NaN is false) and would only surface as a diverged loss later."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{key}={node}: must be a finite number")
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        _check_finite(v, f"{key}.{k}" if key else str(k))
 
 
 def _indexes_list(override: str) -> bool:
@@ -305,8 +356,12 @@ def build_config(*sources: Any) -> Config:
     OmegaConf.set_struct(with_method, False)
     merged = OmegaConf.merge(with_method, cfg)
     merged.method = method_cfg
+    _check_finite(OmegaConf.to_container(merged, resolve=True), "")
     config = _to_object(merged)
     view_configs(config)  # refuse a bad extra_views entry now, naming it
+    from selfsup.checks import check_model  # it builds the model: imports the trainer
+
+    check_model(config)
     return config
 
 
@@ -319,7 +374,9 @@ def view_configs(cfg: Config) -> list[ViewConfig]:
         try:
             out.append(_to_object(merged))
         except ConfigError as e:
-            raise ConfigError(f"extra_views.{i}: {e}") from None
+            msg = str(e)
+            raise ConfigError(msg.replace("views.", f"extra_views.{i}.", 1) if msg.startswith("views.")
+                              else f"extra_views.{i}: {msg}") from None
     return out
 
 

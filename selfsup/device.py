@@ -8,6 +8,7 @@ import contextlib
 import torch
 
 from selfsup.distributed import local_rank
+from selfsup.errors import ConfigError
 
 # Autocast dtypes by name; "fp32" is no autocast.
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -16,6 +17,13 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 def resolve_device(name: str) -> torch.device:
     """`auto`: this process's GPU under torchrun (LOCAL_RANK), else the GPU, else Apple's MPS,
     else the CPU. Anything else is taken as a torch device name (cpu, cuda, cuda:1, mps)."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={name}: no CUDA GPU is visible to torch here "
+                          f"(torch {torch.__version__}); use auto or cpu")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"trainer.device={name}: there are {torch.cuda.device_count()} GPU(s)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("trainer.device=mps: Apple's MPS is not available here; use auto or cpu")
     if name != "auto":
         return torch.device(name)
     if torch.cuda.is_available():

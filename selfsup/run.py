@@ -10,7 +10,8 @@ from torch import nn
 from selfsup.backbones import build_backbone
 from selfsup.config import Config, build_config
 from selfsup.runfolder import RunFolder
-from selfsup.train.checkpoint import PREFIX, latest_checkpoint, load_checkpoint, load_weights
+from selfsup.train.checkpoint import (PREFIX, CheckpointError, load_checkpoint, load_weights,
+                                      newest_good_checkpoint)
 from selfsup.train.trainer import build_model
 
 
@@ -31,9 +32,9 @@ def load_run_config(run_dir: Path, overrides: list[str] = ()) -> Config:
 
 def _checkpoint_state(p: Path) -> dict:
     """The method's weights in the checkpoint folder `p`, or in the latest one of the run `p`."""
-    ckpt = p if p.name.startswith(PREFIX) else latest_checkpoint(RunFolder(p).checkpoints)
+    ckpt = p if p.name.startswith(PREFIX) else newest_good_checkpoint(RunFolder(p).checkpoints)
     if ckpt is None:
-        raise FileNotFoundError(f"{p} has no checkpoint")
+        raise CheckpointError(f"{p} has no checkpoint that verifies")
     return load_checkpoint(ckpt)[0]
 
 
@@ -47,16 +48,19 @@ def encoder_weights(path: str | Path) -> dict:
         return load_weights(p)
     try:
         state = _checkpoint_state(p)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{p} has neither encoder.safetensors nor a checkpoint") from None
+    except CheckpointError as e:
+        raise CheckpointError(f"{p} has no encoder.safetensors, and {e}") from None
     return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
 
 
 def _fill(module: nn.Module, weights: dict, p: Path, what: str) -> nn.Module:
-    missing, unexpected = module.load_state_dict(weights, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # a tensor of the wrong shape: weights of another configuration
+        raise CheckpointError(f"weights at {p} do not fit {what}: {str(e).splitlines()[-1].strip()[:300]}") from None
     if missing or unexpected:
-        raise ValueError(f"weights at {p} do not fit {what}: missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}")
+        raise CheckpointError(f"weights at {p} do not fit {what}: missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}")
     return module
 
 
@@ -75,7 +79,7 @@ def _at_init(module: nn.Module, weights: dict, p: Path) -> nn.Module:
     names = _fitted(module)
     missing = [n for n in names if n not in weights]
     if missing:
-        raise ValueError(f"weights at {p} lack {missing[0]}, which the data fitted before training")
+        raise CheckpointError(f"weights at {p} lack {missing[0]}, which the data fitted before training")
     module.load_state_dict({n: weights[n] for n in names}, strict=False)
     return module
 
@@ -89,9 +93,11 @@ def load_encoder(path: str | Path, cfg: Config, in_channels: int, random_init: b
         torch.manual_seed(cfg.trainer.seed)
     backbone = build_backbone(cfg.backbone, in_channels=in_channels, image_size=cfg.views.size)
     weights = encoder_weights(path) if not random_init or _fitted(backbone) else {}
+    p = Path(path)
+    source = RunFolder(p).encoder if p.is_dir() and RunFolder(p).encoder.exists() else p  # for messages
     if random_init:
-        return _at_init(backbone, weights, Path(path))
-    return _fill(backbone, weights, Path(path), f"backbone {cfg.backbone.name}")
+        return _at_init(backbone, weights, source)
+    return _fill(backbone, weights, source, f"backbone {cfg.backbone.name}")
 
 
 def load_method(path: str | Path, cfg: Config, in_channels: int, random_init: bool = False) -> nn.Module:

@@ -33,7 +33,7 @@ def test_config_is_omegaconf_structured():
 
 
 def test_unknown_name_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown backbone 'resnet7'"):
+    with pytest.raises(ValueError, match="backbone.name='resnet7' is not one of"):
         _build("resnet7")
 
 

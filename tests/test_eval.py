@@ -200,7 +200,7 @@ def test_configs_are_omegaconf_structured():
     assert lin.wd_grid == [0.0, 0.1] and lin.candidates() == [(0.1, 0.0), (0.1, 0.1)]
     with pytest.raises(ValueError, match="optimizer"):
         LinearConfig(optimizer="lbfgs")
-    with pytest.raises(ValueError, match="k >= 1"):
+    with pytest.raises(ValueError, match="eval.knn.k=0"):
         KNNConfig(k=0)
 
 

@@ -1,24 +1,17 @@
-"""The training loop for every registered method: steps, checkpoints, exact resume, NaN stop, and
-the mechanism for several parameter sets (the two-player test method, tests/two_player.py)."""
-
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
+"""The training loop for every registered method: steps, checkpoints, exact resume, and the
+mechanism for several parameter sets (the two-player test method, tests/two_player.py). Kills and
+NaNs mid-run: tests/test_faults.py."""
 
 import pytest
 import torch
 
-from conftest import TINY, tiny_config
+from conftest import tiny_config
 from selfsup.config import ConfigError
 from selfsup.methods import METHODS
 from selfsup.protocol import Output, Progress
 from selfsup.run import load_encoder
 from selfsup.train.checkpoint import latest_checkpoint, load_checkpoint
 from selfsup.train.runlog import read_metrics
-from selfsup.train.step import TrainingDiverged
 from selfsup.train.trainer import Trainer
 
 
@@ -80,65 +73,6 @@ def test_every_method_trains_round_trips_and_resumes_exactly(tmp_path, method):
     end = resumed.model.state_dict()
     for k in after:
         assert torch.equal(after[k], end[k]), f"{k} differs after resume"
-
-
-def _cli(*args):
-    return [sys.executable, "-m", "selfsup.cli", *args]
-
-
-def _final_weights(run: Path) -> dict:
-    weights, _ = load_checkpoint(latest_checkpoint(run / "checkpoints"))
-    return weights
-
-
-def test_resume_after_kill_gives_the_same_weights(tmp_path):
-    common = [*TINY, "trainer.epochs=1", "trainer.checkpoint_every_steps=4", f"trainer.out={tmp_path}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    whole = tmp_path / "whole"
-    subprocess.run(_cli("pretrain", "--run-dir", str(whole), *common, "trainer.threads=1"),
-                   check=True, env=env, capture_output=True)
-
-    cut = tmp_path / "cut"
-    proc = subprocess.Popen(_cli("pretrain", "--run-dir", str(cut), *common, "trainer.threads=1"),
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (cut / "checkpoints" / "step_00000008").exists():
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    ckpt = latest_checkpoint(cut / "checkpoints")
-    assert ckpt is not None and not (cut / "encoder.safetensors").exists(), "killed too late"
-    subprocess.run(_cli("pretrain", "--resume", str(cut), "trainer.threads=1"), check=True, env=env,
-                   capture_output=True)
-    a, b = _final_weights(whole), _final_weights(cut)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
-
-
-def _poison(trainer: Trainer, from_step: int) -> None:
-    """Make the first set's loss NaN from step `from_step` (0-based) on."""
-    s = trainer.sets[0]
-    loss = s.loss
-
-    def poisoned(views, progress):
-        out = loss(views, progress)
-        return out._replace(loss=out.loss * float("nan")) if progress.step >= from_step else out
-
-    s.loss = poisoned
-
-
-def test_nan_loss_stops_before_any_checkpoint_of_it(tmp_path):
-    cfg = tiny(tmp_path, "trainer.log_every=1", "trainer.checkpoint_every_steps=3")
-    trainer = Trainer(cfg, run_dir=tmp_path / "run")
-    _poison(trainer, from_step=7)  # the 8th step's loss, and the weights after it, are NaN
-    with pytest.raises(TrainingDiverged, match="model loss is nan at step 8.*step_00000006"):
-        trainer.fit()
-    ckpt = latest_checkpoint(tmp_path / "run" / "checkpoints")
-    assert ckpt.name == "step_00000006"  # the last one before the NaN, and not a later one
-    weights, _ = load_checkpoint(ckpt)
-    assert all(torch.isfinite(v.float()).all() for v in weights.values())
-    assert [r["step"] for r in read_metrics(tmp_path / "run", "train")] == list(range(1, 8))
 
 
 def test_batch_larger_than_dataset_is_refused(tmp_path):

@@ -53,6 +53,21 @@ class BackboneConfig:
     palette_size: int = 512
     causal: bool = True
 
+    def __post_init__(self):
+        if self.name not in BACKBONES:
+            raise ValueError(f"backbone.name={self.name!r} is not one of {', '.join(sorted(BACKBONES))}")
+        if self.pool not in ("mean", "cls"):
+            raise ValueError(f"backbone.pool={self.pool!r} is not one of mean, cls")
+        if not 0 <= self.drop_path < 1:
+            raise ValueError(f"backbone.drop_path={self.drop_path}: must be in [0, 1)")
+        if self.width <= 0:
+            raise ValueError(f"backbone.width={self.width}: must be positive")
+        for name, low in (("patch_size", 1), ("embed_dim", 1), ("depth", 1), ("num_heads", 1),
+                          ("palette_size", 2)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ValueError(f"backbone.{name}={value}: must be at least {low}")
+
 
 # name -> builder(cfg, in_channels, image_size); a new backbone is one line here.
 BACKBONES: Dict[str, Callable[[BackboneConfig, int, int], nn.Module]] = {
@@ -69,9 +84,7 @@ BACKBONES: Dict[str, Callable[[BackboneConfig, int, int], nn.Module]] = {
 def build_backbone(cfg: BackboneConfig, in_channels: int, image_size: int) -> nn.Module:
     """Build the encoder `cfg.name` for images of `in_channels` channels and side `image_size`."""
     if cfg.name not in BACKBONES:
-        raise ValueError(
-            f"backbone.name: unknown backbone {cfg.name!r}; choose one of {sorted(BACKBONES)}"
-        )
+        raise ValueError(f"backbone.name={cfg.name!r} is not one of {', '.join(sorted(BACKBONES))}")
     if in_channels < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
     if image_size < 1:

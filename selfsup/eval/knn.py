@@ -26,11 +26,10 @@ class KNNConfig:
 
 
 def _check_params(k: int, temperature: float, chunk_size: int) -> None:
-    if k < 1 or temperature <= 0 or chunk_size < 1:
-        raise ValueError(
-            f"k-NN needs k >= 1, temperature > 0 and chunk_size >= 1; got k={k}, "
-            f"temperature={temperature}, chunk_size={chunk_size}"
-        )
+    for name, value, ok in (("k", k, k >= 1), ("temperature", temperature, temperature > 0),
+                            ("chunk_size", chunk_size, chunk_size >= 1)):
+        if not ok:
+            raise ValueError(f"eval.knn.{name}={value}: must be {'positive' if name == 'temperature' else 'at least 1'}")
 
 
 def _check(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor | None, who: str) -> None:

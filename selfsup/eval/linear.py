@@ -66,13 +66,18 @@ class LinearConfig:
 
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"LinearConfig.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"LinearConfig: epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
+            raise ValueError(f"eval.linear.optimizer={self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"eval.linear.{name}={getattr(self, name)}: must be at least 1")
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"LinearConfig.val_fraction must be in [0, 1), got {self.val_fraction}")
-        if any(lr <= 0 for lr, _ in self.candidates()) or any(wd < 0 for _, wd in self.candidates()):
-            raise ValueError(f"LinearConfig: lr must be > 0 and weight_decay >= 0, got {self.candidates()}")
+            raise ValueError(f"eval.linear.val_fraction={self.val_fraction}: must be in [0, 1)")
+        for name, values, ok in (("lr", [lr for lr, _ in self.candidates()], lambda v: v > 0),
+                                 ("weight_decay", [wd for _, wd in self.candidates()], lambda v: v >= 0)):
+            bad = [v for v in values if not ok(v)]
+            if bad:
+                grid = f"{name} or {'lr_grid' if name == 'lr' else 'wd_grid'}"
+                raise ValueError(f"eval.linear.{grid} holds {bad[0]}: must be {'positive' if name == 'lr' else '>= 0'}")
 
 
 def _standardise(train_x: Tensor, *others: Tensor) -> list[Tensor]:

@@ -58,11 +58,6 @@ def heldout_loss(method: nn.Module, views: Callable, images: Tensor, progress: P
     return {k: v / len(images) for k, v in totals.items()}
 
 
-def checkpoints(run_dir: Path) -> list[Path]:
-    """The run's checkpoint folders, oldest first."""
-    return sorted((Path(run_dir) / "checkpoints").glob(f"{PREFIX}*"))
-
-
 def correlations(losses: Sequence[float], top1: Sequence[float]) -> dict[str, float | None]:
     """Pearson's r and Spearman's rho between held-out loss and top-1 (negative: a lower loss
     goes with a higher accuracy); None with fewer than 3 points or a constant series."""

@@ -10,8 +10,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from selfsup.errors import SelfsupError
 
-class TrainingDiverged(RuntimeError):
+
+class TrainingDiverged(SelfsupError, RuntimeError):
     """The loss became NaN or Inf; the last good checkpoint is left in place."""
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -24,15 +24,17 @@ from tqdm import tqdm
 from selfsup import distributed as dist
 from selfsup.backbones import build_backbone
 from selfsup.config import Config, ConfigError, ParamSetConfig, to_yaml, view_configs
-from selfsup.data import ImageSet, dataset_stats, load_dataset
+from selfsup.data import ImageSet, check_same_classes, dataset_stats, load_dataset
 from selfsup.device import autocast, resolve_device, resolve_precision
 from selfsup.eval.features import FeatureCache, frozen_eval
 from selfsup.eval.protocols import evaluate
 from selfsup.methods import build_method
 from selfsup.protocol import Output, Progress, hook, method_inputs, param_sets, set_parameters
-from selfsup.runfolder import RunFolder
+from selfsup.runfolder import RunFolder, default_run_dir
 from selfsup.schedules import cosine_schedule, warmup_cosine
-from selfsup.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_weights
+from selfsup.train.checkpoint import (CheckpointError, CheckpointWarning, checkpoints, latest_checkpoint,
+                                      load_checkpoint, remove_partial, save_checkpoint, save_weights,
+                                      verify_checkpoint)
 from selfsup.train.optim import build_optimizer, param_groups, peak_lr, set_lr
 from selfsup.train.pictures import grid_image, save_png
 from selfsup.train.runlog import RunLog
@@ -59,13 +61,15 @@ def run_length(n_images: int, epochs: float, batch_size: int) -> tuple[int, int]
 def prepare_data(cfg: Config) -> tuple[ImageSet, ImageSet | None, list[float], list[float]]:
     d = cfg.data
     train = load_dataset(d.name, d.train_split, root=d.root, image_size=d.image_size,
-                         download=d.download)
+                         download=d.download, strict=d.strict)
+    test = None
+    if d.test_split and train.labels is not None:
+        test = load_dataset(d.name, d.test_split, root=d.root, image_size=d.image_size, strict=d.strict)
+        check_same_classes(train, test, f"data.train_split={d.train_split!r} of {d.name}",
+                           f"data.test_split={d.test_split!r}")  # before the subset: all classes
     if d.subset is not None and d.subset < len(train):
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.trainer.seed))
         train = train.subset(pick[: d.subset])
-    test = None
-    if d.test_split and train.labels is not None:
-        test = load_dataset(d.name, d.test_split, root=d.root, image_size=d.image_size)
     mean, std = dataset_stats(train)
     return train, test, mean, std
 
@@ -102,7 +106,13 @@ class OptimizedSet:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: Path | None = None, recipe: str = "run"):
+    """A run in the folder `run_dir` (default: `selfsup.runfolder.default_run_dir`). A new run
+    refuses a folder that holds another run's files unless `overwrite` (which clears them when
+    training starts); call `resume()` before `fit()` to continue the run in the folder instead.
+    The folder is locked from `resume()` or `fit()` until the run ends."""
+
+    def __init__(self, cfg: Config, run_dir: Path | None = None, recipe: str = "run",
+                 overwrite: bool = False):
         self.cfg = cfg
         t = cfg.trainer
         self.device = resolve_device(t.device)
@@ -110,9 +120,9 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         self.precision = resolve_precision(t.precision, self.device)
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        self.run = RunFolder(Path(run_dir) if run_dir else Path(t.out) / (t.run_name or f"{recipe}-{stamp}"))
+        self.run = RunFolder(Path(run_dir) if run_dir else default_run_dir(t.out, t.run_name, recipe))
         self.run_dir = self.run.path
+        self.overwrite, self.resumed, self._lock = overwrite, False, None
 
         self.train_set, self.test_set, self.mean, self.std = prepare_data(cfg)
         self.world = dist.world_size()
@@ -127,7 +137,11 @@ class Trainer:
         self.images = self.train_set.images.to(store)
 
         torch.manual_seed(t.seed)  # same initial weights on every rank, and from run to run
-        self.model = build_model(cfg, self.train_set.images.shape[1]).to(self.device)
+        try:
+            self.model = build_model(cfg, self.train_set.images.shape[1]).to(self.device)
+        except ValueError as e:  # what only the data can refuse (its number of channels)
+            raise ConfigError(f"method.name={cfg.method.name} with backbone.name={cfg.backbone.name} "
+                              f"on data.name={cfg.data.name}: {e}") from None
         if dist.is_distributed() and t.sync_bn and self.device.type == "cuda":
             # BatchNorm statistics over the global batch (SimCLR appendix B.1); GPUs only in torch.
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -147,11 +161,6 @@ class Trainer:
             declared = param_sets(self.model)
         except ValueError as e:
             raise ConfigError(f"method.name={self.cfg.method.name}: {e}") from None
-        names = [s.name for s in declared]
-        unknown = sorted(set(t.param_sets) - set(names))
-        if unknown:
-            raise ConfigError(f"trainer.param_sets.{unknown[0]}: {self.cfg.method.name} has the "
-                              f"parameter set(s) {', '.join(names)}")
         fields = [f.name for f in dataclasses.fields(ParamSetConfig)]
         owner = {id(p): n for n, p in self.model.named_parameters()}
         out = []
@@ -190,18 +199,68 @@ class Trainer:
         save_checkpoint(self.run.checkpoints, self.model.state_dict(), state, self.step,
                         keep=self.cfg.trainer.keep_checkpoints)
 
+    def _claim(self) -> None:
+        """Lock the run folder (main process) and clear what an interrupted write left; a new
+        run also checks that the folder holds no other run, or clears it with `overwrite`."""
+        if self._lock is not None or not dist.is_main():
+            return
+        self._lock = self.run.lock()
+        try:
+            if not self.resumed:
+                self.run.check_new(self.overwrite)
+                if self.overwrite:
+                    self.run.clear()
+            remove_partial(self.run.checkpoints)
+            remove_partial(self.run.path)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
     def resume(self) -> bool:
-        """Continue from the run folder's latest checkpoint, if there is one."""
-        path = latest_checkpoint(self.run.checkpoints)
-        if path is None:
-            return False
-        weights, state = load_checkpoint(path)
-        self.model.load_state_dict(weights)
-        for s in self.sets:
-            s.optimizer.load_state_dict(state["optimizers"][s.name])
-        torch.set_rng_state(state["torch_rng"])
+        """Continue from the run folder's newest checkpoint that verifies (selfsup/train/
+        checkpoint.py), warning about each newer one passed over. False if the run has no
+        checkpoint yet; a CheckpointError if it has some and none is usable (starting over
+        would replace them)."""
+        self.resumed = True
+        self._claim()
+        try:
+            found, problems = checkpoints(self.run.checkpoints), []
+            for path in reversed(found):
+                problem = verify_checkpoint(path)
+                if problem is None:
+                    try:
+                        self._load(path)
+                        return True
+                    except CheckpointError as e:
+                        problem = str(e)
+                problems.append(f"{path.name}: {problem}")
+                warnings.warn(f"skipped checkpoint {path}: {problem}", CheckpointWarning, stacklevel=2)
+            if found:
+                raise CheckpointError(f"none of the {len(found)} checkpoint(s) in {self.run.checkpoints} "
+                                      f"can be resumed from ({'; '.join(problems)}); start afresh "
+                                      f"with --overwrite")
+        except BaseException:
+            self.release()
+            raise
+        return False
+
+    def _load(self, path: Path) -> None:
+        weights, state = load_checkpoint(path, verify=False)
+        try:
+            self.model.load_state_dict(weights)
+            for s in self.sets:
+                s.optimizer.load_state_dict(state["optimizers"][s.name])
+            torch.set_rng_state(state["torch_rng"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"does not fit this run's {self.cfg.method.name} with "
+                                  f"{self.cfg.backbone.name} (were the settings changed since?): "
+                                  f"{str(e).splitlines()[0][:200]}") from None
         self.step = int(state["step"])
-        return True
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, protocols: tuple[str, ...] = ("knn",)) -> dict[str, dict] | None:
@@ -284,6 +343,13 @@ class Trainer:
     def fit(self) -> Path:
         t = self.cfg.trainer
         main = dist.is_main()
+        self._claim()
+        try:
+            return self._fit(t, main)
+        finally:
+            self.release()
+
+    def _fit(self, t, main: bool) -> Path:
         if main:
             self.run.path.mkdir(parents=True, exist_ok=True)
             self.run.config.write_text(to_yaml(self.cfg))

@@ -66,10 +66,11 @@ class ViewConfig:
 
 
 def validate(cfg: ViewConfig) -> None:
-    """Raise ValueError naming the first bad field of ``cfg``."""
+    """Raise ValueError naming the first bad field of ``cfg`` by its key under `views` (an
+    `extra_views` entry's own check renames it)."""
 
     def bad(name: str, why: str) -> None:
-        raise ValueError(f"ViewConfig.{name} = {getattr(cfg, name)!r}: {why}")
+        raise ValueError(f"views.{name}={getattr(cfg, name)!r}: {why}")
 
     if int(cfg.n_views) < 1:
         bad("n_views", "need at least one view")
