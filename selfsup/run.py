@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from selfsup.backbones import build_backbone
-from selfsup.config import Config, build_config
+from selfsup.config import Config, ConfigError, build_config
 from selfsup.runfolder import RunFolder
 from selfsup.train.checkpoint import (PREFIX, CheckpointError, load_checkpoint, load_weights,
                                       newest_good_checkpoint)
@@ -27,7 +27,12 @@ def find_run_dir(path: str | Path) -> Path:
 
 
 def load_run_config(run_dir: Path, overrides: list[str] = ()) -> Config:
-    return build_config(RunFolder(run_dir).config, list(overrides))
+    """The run's config.yaml plus overrides; a refusal names the file as well as the key."""
+    path = RunFolder(run_dir).config
+    try:
+        return build_config(path, list(overrides))
+    except ConfigError as e:
+        raise ConfigError(e if str(path) in str(e) else f"{path}: {e}") from None
 
 
 def _checkpoint_state(p: Path) -> dict:

@@ -20,6 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bad_files import overwrite, tar_of, write
 from selfsup.data import (
     DataError,
     DataWarning,
@@ -50,33 +51,12 @@ def jpeg(value: int) -> bytes:
     return b.getvalue()
 
 
-def write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
-
-
 def pets(root: Path, classes=("a", "b"), n: int = 3) -> Path:
     """class/i.png, pixel value 10 * class index + i, so every image says where it came from."""
     for k, c in enumerate(classes):
         for i in range(n):
             write(root / c / f"{i}.png", png(10 * k + i))
     return root
-
-
-def tar_of(files: dict[str, bytes], links: dict[str, str] = ()) -> bytes:
-    """An uncompressed tar of `files` (in this order) and then symbolic links."""
-    b = io.BytesIO()
-    with tarfile.open(fileobj=b, mode="w") as tf:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(data), 1_700_000_000
-            tf.addfile(info, io.BytesIO(data))
-        for name, target in dict(links).items():
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname = tarfile.SYMTYPE, target
-            tf.addfile(info)
-    return b.getvalue()
 
 
 def png_noise(seed: int) -> bytes:
@@ -88,10 +68,6 @@ def png_noise(seed: int) -> bytes:
 PETS = {f"pets/{c}/{i}.png": png(10 * k + i) for k, c in enumerate("ab") for i in range(3)}
 RAW = tar_of(PETS)
 B0 = 3 * 1024  # each member is a 512-byte header and one 512-byte block of PNG: b/0's header
-
-
-def overwrite(data: bytes, at: int, junk: bytes = b"\x5a" * 24) -> bytes:
-    return data[:at] + junk + data[at + len(junk):]
 
 
 def bomb_header() -> bytes:

@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -353,3 +352,37 @@ def test_traceback_flag_shows_the_traceback_of_an_expected_error(capsys):
         main(["--traceback", "config", "trainer.lr=nan"])
     with pytest.raises(ConfigError):
         main(["config", "trainer.lr=nan", "--traceback"])
+
+
+# -- splits whose classes differ -----------------------------------------------------------------
+
+def _folder(root: Path, layout: dict[str, list[str]]) -> Path:
+    """root/split/class/k.png, four 8x8 images per class."""
+    from PIL import Image
+
+    for split, classes in layout.items():
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for k in range(4):
+                Image.new("RGB", (8, 8), (40 * k, 60, 200)).save(root / split / c / f"{k}.png")
+    return root
+
+
+def test_a_test_split_with_other_classes_is_refused_naming_both_splits(capsys, tmp_path):
+    data = _folder(tmp_path / "pets", {"train": ["cat", "dog"], "test": ["cat", "fox"]})
+    refused(capsys, ["pretrain", "--run-dir", tmp_path / "run", f"data.name={data}", "views.size=8",
+                     "trainer.batch_size=4", "trainer.progress=false"],
+            "data.train_split='train'", "data.test_split='test'", "fox")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_config_with_an_unknown_key_names_file_and_key(capsys, copy):
+    text = (copy / "config.yaml").read_text().replace("trainer:\n", "trainer:\n  lr_warmup: 3\n", 1)
+    (copy / "config.yaml").write_text(text)
+    refused(capsys, ["pretrain", "--resume", copy], "config.yaml", "trainer.lr_warmup")
+
+
+def test_an_unwritable_output_folder_is_one_line(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    refused(capsys, ["pretrain", *QUICK, f"trainer.out={blocker}"], str(blocker))

@@ -73,7 +73,7 @@ def test_kill_at_seeded_moments_then_resume_gives_the_uninterrupted_weights(tmp_
 
     final = _pretrain("--resume", str(cut))
     assert final.returncode == 0, final.stderr[-2000:]
-    a, b = load_checkpoint(latest_checkpoint(whole / "checkpoints")), load_checkpoint(latest_checkpoint(cut / "checkpoints"))
+    a, b = (load_checkpoint(latest_checkpoint(run / "checkpoints")) for run in (whole, cut))
     assert a[1]["step"] == b[1]["step"] == 33
     for key in a[0]:
         assert torch.equal(a[0][key], b[0][key]), f"{key} differs after four kills and resumes"

@@ -10,8 +10,6 @@ from __future__ import annotations
 import codecs
 import io
 import pickle
-import tarfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from . import download as dl
 from .folder import load_image_folder
 from .imageset import DataError, ImageSet
 from .roots import LoadRequest
+from .tarstream import read_tar
 
 try:
     from numpy._core import multiarray as _multiarray
@@ -51,6 +50,22 @@ CIFAR100 = _Layout(
 )
 # The JPEG re-encoding of CIFAR-10 as an image-folder tree (train/<class>/NNNN.jpg, test/...).
 JPG_NAMES = ("cifar10-jpg", "cifar10-jpg.tar.gz")
+# The largest official member is CIFAR-100's train (50,000 images, ~155 MB); a header may claim any size.
+_MAX_MEMBER = 1 << 30
+
+
+def _latin1(text: str, encoding: str) -> bytes:
+    # Only what Python 3 pickles bytes as; any other codec is no part of a dataset pickle.
+    if encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"refusing to encode with {encoding!r} in a dataset pickle")
+    return codecs.encode(text, encoding)
+
+
+def _empty_bytes(*args) -> bytes:
+    # How protocol 2 writes b"" (an empty array's buffer); bytes(n) would allocate n bytes.
+    if args:
+        raise pickle.UnpicklingError("refusing to call bytes() with arguments in a dataset pickle")
+    return b""
 
 
 class _SafeUnpickler(pickle.Unpickler):
@@ -63,7 +78,9 @@ class _SafeUnpickler(pickle.Unpickler):
         if module == "numpy" and name in ("ndarray", "dtype"):
             return getattr(np, name)
         if (module, name) == ("_codecs", "encode"):  # how Python 3 writes bytes at protocol 2
-            return codecs.encode
+            return _latin1
+        if (module, name) in (("__builtin__", "bytes"), ("builtins", "bytes")):
+            return _empty_bytes
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a dataset pickle")
 
 
@@ -85,33 +102,72 @@ def _key(d: dict, key: str, where: str):
 
 
 def _batch(d: dict, layout: _Layout, where: str) -> tuple[np.ndarray, np.ndarray]:
-    data = np.asarray(_key(d, "data", where))
-    labels = np.asarray(_key(d, layout.label_key, where), dtype=np.int64)
+    data = _array(_key(d, "data", where), where, "data")
+    labels = _array(_key(d, layout.label_key, where), where, layout.label_key)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DataError(f"{where}: 'data' should be uint8 [N, 3072], got {data.dtype} {list(data.shape)}")
-    if labels.shape != (len(data),):
+    if not len(data):
+        raise DataError(f"{where}: 'data' holds no images")
+    # Checked before any cast: int64 would turn 0.7 into 0 and "7" into 7 without a word.
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DataError(f"{where}: {layout.label_key!r} should be a list of integers, got "
+                        f"{labels.dtype} {list(labels.shape)}")
+    if len(labels) != len(data):
         raise DataError(f"{where}: {len(labels)} labels for {len(data)} images")
-    return data.reshape(-1, 3, 32, 32), labels
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
-def _read_files(source: Path, layout: _Layout, names: tuple[str, ...]) -> dict[str, bytes]:
-    """The raw bytes of the wanted files, from the extracted folder or by streaming the tar."""
+def _array(value, where: str, key: str) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as e:  # e.g. rows of different lengths
+        raise DataError(f"{where}: {key!r} is not an array: {e}") from None
+
+
+def _class_names(meta: dict, layout: _Layout, where: str) -> list[str]:
+    names = _key(meta, layout.names_key, where)
+    if not isinstance(names, (list, tuple)) or not names:
+        raise DataError(f"{where}: {layout.names_key!r} should be a non-empty list of names, "
+                        f"got {type(names).__name__}")
+    out = []
+    for c in names:
+        if isinstance(c, bytes):
+            try:
+                c = c.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{where}: class name {c!r} in {layout.names_key!r} is not UTF-8") from None
+        if not isinstance(c, str):
+            raise DataError(f"{where}: {layout.names_key!r} should hold names, found {type(c).__name__} {c!r}")
+        out.append(c)
+    return out
+
+
+def _read_files(source: Path, layout: _Layout, names: tuple[str, ...]) -> dict[str, tuple[str, bytes]]:
+    """name -> (where it was read, for messages; its bytes), from the extracted folder or the tar.
+    The whole tar is read, so that damage after the wanted members shows too."""
     if source.is_dir():
         missing = [n for n in names if not (source / n).is_file()]
         if missing:
             raise DataError(f"{source} lacks {', '.join(missing)}; re-extract {layout.archive}")
-        return {n: (source / n).read_bytes() for n in names}
-    found: dict[str, bytes] = {}
-    try:
-        with tarfile.open(source, "r|*") as tf:
-            for member in tf:
-                parts = member.name.split("/")
-                if member.isfile() and parts[-1] in names and len(parts) >= 2 and parts[-2] == layout.folder:
-                    found[parts[-1]] = tf.extractfile(member).read()
-                    if len(found) == len(names):
-                        break
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        raise DataError(f"cannot read the archive {source}: {e} (truncated download?)") from e
+        try:
+            return {n: (str(source / n), (source / n).read_bytes()) for n in names}
+        except OSError as e:
+            raise DataError(f"cannot read {e.filename}: {e.strerror or e}") from None
+
+    def wanted(name: str) -> bool:
+        parts = name.split("/")
+        return parts[-1] in names and len(parts) >= 2 and parts[-2] == layout.folder
+
+    contents = read_tar(source, lambda name: _MAX_MEMBER if wanted(name) else 0)
+    if contents.too_big:
+        raise DataError(f"{source}: member {contents.too_big[0]} is larger than the "
+                        f"{_MAX_MEMBER >> 20} MiB a CIFAR file may be")
+    found: dict[str, tuple[str, bytes]] = {}
+    for member, data in contents.data.items():
+        base = member.rsplit("/", 1)[-1]
+        if base in found:
+            raise DataError(f"{source} holds {base} twice: {found[base][0]} and {source}:{member}")
+        found[base] = (f"{source}:{member}", data)
     missing = [n for n in names if n not in found]
     if missing:
         raise DataError(f"{source} lacks {', '.join(f'{layout.folder}/{n}' for n in missing)}")
@@ -122,14 +178,18 @@ def read_cifar(source: Path, layout: _Layout, split: str) -> ImageSet:
     """Read one split from an extracted folder (cifar-10-batches-py/) or the .tar.gz."""
     names = layout.splits[split]
     raw = _read_files(source, layout, names + (layout.meta,))
-    parts = [_batch(_unpickle(raw[n], f"{source}/{n}"), layout, f"{source}/{n}") for n in names]
-    images = np.concatenate([p[0] for p in parts])
-    labels = np.concatenate([p[1] for p in parts])
-    meta = _unpickle(raw[layout.meta], f"{source}/{layout.meta}")
-    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in _key(meta, layout.names_key, layout.meta)]
-    if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
-        raise DataError(f"{source}: labels outside 0..{len(classes) - 1}")
-    return ImageSet(images, labels, classes, layout.name)
+    where, data = raw[layout.meta]
+    classes = _class_names(_unpickle(data, where), layout, where)
+    images, labels = [], []
+    for n in names:
+        where, data = raw[n]
+        x, y = _batch(_unpickle(data, where), layout, where)
+        if y.min() < 0 or y.max() >= len(classes):
+            raise DataError(f"{where}: labels must be 0..{len(classes) - 1} (the {len(classes)} classes of "
+                            f"{layout.meta}), found {y.min()}..{y.max()}")
+        images.append(x)
+        labels.append(y)
+    return ImageSet(np.concatenate(images), np.concatenate(labels), classes, layout.name)
 
 
 def _load(layout: _Layout, req: LoadRequest, jpg: bool) -> ImageSet:

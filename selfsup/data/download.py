@@ -8,10 +8,12 @@ import shutil
 import tarfile
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from .imageset import DataError
+from .tarstream import read_tar
 
 
 @dataclass(frozen=True)
@@ -120,17 +122,27 @@ def download(name: str, folder: Path) -> list[Path]:
 def extract_members(archive: Path, folder: Path, wanted: set[str]) -> None:
     """Extract the regular files of `archive` whose base names are in `wanted` into `folder`,
     each written atomically. Only known names are written, so a crafted archive cannot place
-    files outside `folder`."""
+    files outside `folder`.
+
+    The archive is first read through once for damage (tarfile's stream mode stops quietly at a
+    bad header and never checks the gzip CRC), so that a damaged one extracts nothing rather than
+    the members before the damage. That costs a second pass, once per download."""
+    read_tar(archive, lambda name: 0)
     folder.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive, "r|*") as tf:
-        for member in tf:
-            base = member.name.rsplit("/", 1)[-1]
-            if not member.isfile() or base not in wanted:
-                continue
-            tmp = folder / f".{base}.{os.getpid()}.part"
-            try:
-                with open(tmp, "wb") as out:
-                    shutil.copyfileobj(tf.extractfile(member), out, 1 << 20)
-                os.replace(tmp, folder / base)
-            finally:
-                tmp.unlink(missing_ok=True)
+    try:
+        with tarfile.open(archive, "r|*") as tf:
+            for member in tf:
+                base = member.name.rsplit("/", 1)[-1]
+                if not member.isfile() or base not in wanted:
+                    continue
+                tmp = folder / f".{base}.{os.getpid()}.part"
+                try:
+                    with open(tmp, "wb") as out:
+                        shutil.copyfileobj(tf.extractfile(member), out, 1 << 20)
+                    os.replace(tmp, folder / base)
+                finally:
+                    tmp.unlink(missing_ok=True)
+    except (tarfile.TarError, EOFError, zlib.error) as e:  # it changed since it was checked
+        raise DataError(f"{archive} is damaged: {e}") from None
+    except OSError as e:
+        raise DataError(f"cannot extract {archive} into {folder}: {e}") from None

@@ -30,11 +30,20 @@ CLASSES = {
 # Folder names used by the official archives, torchvision (<Name>/raw) and common copies.
 FOLDERS = {"mnist": ("mnist", "MNIST"), "fashion-mnist": ("fashion-mnist", "FashionMNIST", "fashion_mnist")}
 PREFIX = {"train": "train", "test": "t10k"}
+# MNIST, Fashion-MNIST and KMNIST all ship under these names, and all have 10 classes; an idx
+# file named otherwise (EMNIST, QMNIST, ...) is generic: up to max(N, 1000) classes are believed,
+# so that a corrupt label (say 2**31 - 1) cannot make a head of two billion classes.
+_FAMILY = {f"{p}-images{sep}idx3-ubyte" for p in PREFIX.values() for sep in "-."}
+_FAMILY_CLASSES = 10
+_UNNAMED_CLASSES = 1000
 
 
 def _raw(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
     if data[:2] == b"\x1f\x8b":  # gzip magic: decide by content, not by the file name
         try:
             return gzip.decompress(data)
@@ -74,6 +83,9 @@ def _images(arr: np.ndarray, path: Path) -> np.ndarray:
     """idx images [N, H, W] (or [N, H, W, C]) -> uint8 [N, C, H, W]."""
     if arr.dtype != np.uint8:
         raise DataError(f"{path}: idx images must be unsigned bytes (type 08), got {arr.dtype}")
+    if arr.size == 0:
+        what = "holds no images" if len(arr) == 0 else "has an empty dimension"
+        raise DataError(f"{path} {what}: its header says {list(arr.shape)}")
     if arr.ndim == 3:
         return arr[:, None]
     if arr.ndim == 4 and arr.shape[3] in (1, 3):
@@ -107,8 +119,16 @@ def read_idx_images(path: Path, name: str | None = None, classes: list[str] | No
     images = _images(read_idx(path), path)
     lab = labels_file_for(path)
     labels = _labels(lab, len(images), path) if lab else None
-    if labels is not None and classes is not None and len(labels) and labels.max() >= len(classes):
-        raise DataError(f"{lab}: label {labels.max()} is outside the {len(classes)} classes")
+    if labels is not None:
+        if classes is not None:
+            top, why = len(classes), f"the {len(classes)} classes of {name}"
+        elif path.name.removesuffix(".gz") in _FAMILY:
+            top, why = _FAMILY_CLASSES, f"an idx file named as MNIST's has {_FAMILY_CLASSES} classes"
+        else:
+            top, why = max(len(labels), _UNNAMED_CLASSES), (f"a generic idx set may have up to "
+                                                            f"max(N, {_UNNAMED_CLASSES}) classes")
+        if labels.min() < 0 or labels.max() >= top:
+            raise DataError(f"{lab}: labels must be 0..{top - 1} ({why}), found {labels.min()}..{labels.max()}")
     return ImageSet(images, labels, classes if labels is not None else None,
                     name or path.name.split(".")[0].split("-")[0])
 

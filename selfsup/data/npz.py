@@ -4,11 +4,20 @@ Keys: images as `images_<split>` / `x_<split>` / `X_<split>`, or for the whole s
 / `X`; labels likewise `labels[_<split>]` / `y[_<split>]` / `Y[_<split>]`; optional `classes`.
 Images are uint8 in NHWC, NCHW or NHW (grayscale); float arrays within [0, 1] are scaled to
 0..255. Files are read with allow_pickle=False, so an .npz cannot run code.
+
+Labels are class indices. With `classes`, that array (1-d, of names or numbers, no repeats) is
+the class list of every split in the file: each label of the file indexes it, and its last class
+is some label of the file, since a list longer than the labels reach most likely names another
+labelling (fine names with coarse labels). Without `classes`, the class count is the largest
+label + 1, believed up to max(N, 1000): a label far beyond that (2**40 for 2 images) is a
+corrupt label, not a class.
 """
 
 from __future__ import annotations
 
 import zipfile
+import zlib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +27,10 @@ from .imageset import DataError, ImageSet
 
 _IMAGE_KEYS = ("images", "x", "X")
 _LABEL_KEYS = ("labels", "y", "Y")
+_CLASS_KEYS = ("classes", "class_names")
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first entry; an empty zip
+# Without class names, up to this many classes are believed whatever the number of images.
+_UNNAMED_CLASSES = 1000
 
 
 def _first(z, keys: list[str]) -> str | None:
@@ -53,9 +66,15 @@ def to_uint8(a: np.ndarray, where: str) -> np.ndarray:
 def read_npz(path: Path, split: str = "train") -> ImageSet:
     path = Path(path)
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic and magic not in _ZIP_MAGIC:
+            raise DataError(f"{path} is not an .npz (a zip of .npy arrays, as numpy.savez writes): it "
+                            f"starts with {magic!r}" + (", as an .npy does" if magic == b"\x93NUM" else ""))
         z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise DataError(f"cannot read {path} as an .npz: {e}") from e
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        why = "it is empty (0 bytes)" if isinstance(e, EOFError) else e
+        raise DataError(f"cannot read {path} as an .npz: {why}") from None
     with z:
         split_keys = [f"{k}_{split}" for k in _IMAGE_KEYS]
         key = _first(z, split_keys)
@@ -67,17 +86,36 @@ def read_npz(path: Path, split: str = "train") -> ImageSet:
             raise DataError(f"{path}: no images for split {split!r}; looked for keys {', '.join(looked)}; "
                             f"the file has {', '.join(z.files) or 'no arrays'}")
         where = f"{path}[{key!r}]"
-        try:
-            images = to_nchw(to_uint8(z[key], where), where)
-            label_key = _first(z, [k + suffix for k in _LABEL_KEYS])
-            labels = _labels(z[label_key], len(images), f"{path}[{label_key!r}]") if label_key else None
-            class_key = _first(z, ["classes", "class_names"])
-            classes = [str(c) for c in z[class_key].tolist()] if class_key and labels is not None else None
-        except ValueError as e:  # object arrays need pickle, which is refused
-            raise DataError(f"{path}: {e}") from e
-    if classes is not None and len(labels) and labels.max() >= len(classes):
-        raise DataError(f"{path}: label {labels.max()} but only {len(classes)} classes")
+        images = _array(z, key, path)
+        if images.size == 0:
+            what = "holds no images" if images.ndim and not len(images) else "has an empty dimension"
+            raise DataError(f"{where} {what}: shape {list(images.shape)}")
+        images = to_nchw(to_uint8(images, where), where)
+        label_key = _first(z, [k + suffix for k in _LABEL_KEYS])
+        if label_key is None:
+            return ImageSet(np.ascontiguousarray(images), None, None, path.stem)
+        labels = _labels(_array(z, label_key, path), len(images), f"{path}[{label_key!r}]")
+        class_key = _first(z, list(_CLASS_KEYS))
+        if class_key is None:
+            if labels.max() >= max(len(labels), _UNNAMED_CLASSES):
+                raise DataError(f"{path}[{label_key!r}]: label {labels.max()} for {len(labels)} images; without "
+                                f"a 'classes' array labels must be below max(N, {_UNNAMED_CLASSES}), so save "
+                                f"the class names as 'classes' to declare more classes")
+            classes = None
+        else:
+            classes = _classes(_array(z, class_key, path), f"{path}[{class_key!r}]")
+            _check_reach(z, path, classes, f"{path}[{class_key!r}]")
     return ImageSet(np.ascontiguousarray(images), labels, classes, path.stem)
+
+
+def _array(z, key: str, path: Path) -> np.ndarray:
+    """One array of the archive, read (and its CRC checked) only now: damage is named by key."""
+    try:
+        return z[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as e:
+        # ValueError also covers object arrays, which need pickle, which is refused; the last two
+        # are a zip compression method zipfile lacks and an encrypted member.
+        raise DataError(f"cannot read {path}[{key!r}]: {e}") from None
 
 
 def _labels(a: np.ndarray, n: int, where: str) -> np.ndarray:
@@ -85,6 +123,39 @@ def _labels(a: np.ndarray, n: int, where: str) -> np.ndarray:
         raise DataError(f"{where}: labels must be integers [N], got {a.dtype} {list(a.shape)}")
     if len(a) != n:
         raise DataError(f"{where}: {len(a)} labels for {n} images")
-    if n and a.min() < 0:
+    if a.min() < 0:
         raise DataError(f"{where}: negative label {a.min()}")
+    if a.max() > np.iinfo(np.int64).max:  # uint64 beyond int64 would turn negative
+        raise DataError(f"{where}: label {a.max()} is no class index")
     return a.astype(np.int64)
+
+
+def _classes(a: np.ndarray, where: str) -> list[str]:
+    # A 0-d string array would otherwise be iterated letter by letter: "ab" -> ['a', 'b'].
+    if a.ndim != 1 or a.dtype.kind not in "USiu" or not len(a):
+        raise DataError(f"{where}: classes must be a 1-d array of names, got {a.dtype} {list(a.shape)}")
+    try:
+        names = [c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in a.tolist()]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}: a class name is not UTF-8: {e}") from None
+    twice = [c for c, k in Counter(names).items() if k > 1]
+    if twice:
+        raise DataError(f"{where}: class {twice[0]!r} is listed twice")
+    return names
+
+
+def _check_reach(z, path: Path, classes: list[str], where: str) -> None:
+    """`classes` is shared by every split of the file: compare it with all of their labels."""
+    keys = [k for k in z.files if k in _LABEL_KEYS or k.split("_", 1)[0] in _LABEL_KEYS]
+    tops = {}
+    for k in keys:
+        a = _array(z, k, path)
+        if a.ndim == 1 and a.dtype.kind in "iu" and a.size:
+            tops[k] = int(a.max())
+            if a.min() < 0 or tops[k] >= len(classes):
+                raise DataError(f"{path}[{k!r}]: labels must be 0..{len(classes) - 1}, one for each name "
+                                f"in {where}, found {a.min()}..{a.max()}")
+    reach = max(tops.values(), default=len(classes) - 1) + 1
+    if reach < len(classes):
+        raise DataError(f"{where} lists {len(classes)} classes but the labels of the file ({', '.join(tops)}) "
+                        f"reach only {reach}: classes {classes[reach]!r} and after have no images")

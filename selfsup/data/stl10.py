@@ -7,8 +7,6 @@ images (2.7 GB), so an extracted copy is memory-mapped rather than read into a s
 
 from __future__ import annotations
 
-import tarfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import numpy as np
 from . import download as dl
 from .imageset import DataError, ImageSet
 from .roots import LoadRequest
+from .tarstream import read_tar as read_tar_members
 
 FOLDER = "stl10_binary"
 ARCHIVE = "stl10_binary.tar.gz"
@@ -29,6 +28,9 @@ SPLITS = {
 # class_names.txt of the official archive, used when that file is absent.
 CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
 _CHUNK = 1024
+# Caps on the members held in memory: unlabeled_X.bin is 2.76 GB; a header may claim any size.
+_MAX_X = 4 << 30
+_MAX_OTHER = 16 << 20
 
 
 def decode_images(raw: np.ndarray, where: str) -> np.ndarray:
@@ -53,9 +55,18 @@ def decode_labels(raw: np.ndarray, n: int, where: str, num_classes: int) -> np.n
     return raw.astype(np.int64) - 1
 
 
-def _class_names(text: str | None) -> list[str]:
-    names = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    return names or list(CLASSES)
+def _class_names(raw: bytes | None, where: str) -> list[str]:
+    if raw is None:
+        return list(CLASSES)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where} is not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r})") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    # STL-10 has 10 classes; another count would quietly change num_classes and the names.
+    if len(names) != len(CLASSES):
+        raise DataError(f"{where} names {len(names)} classes; STL-10 has {len(CLASSES)}, one name a line")
+    return names
 
 
 def read_folder(folder: Path, split: str) -> ImageSet:
@@ -63,41 +74,46 @@ def read_folder(folder: Path, split: str) -> ImageSet:
     missing = [n for n in (x_name, y_name) if n and not (folder / n).is_file()]
     if missing:
         raise DataError(f"{folder} lacks {', '.join(missing)}; re-extract {ARCHIVE}")
-    x_path = folder / x_name
-    raw = np.memmap(x_path, dtype=np.uint8, mode="r") if x_path.stat().st_size else np.empty(0, np.uint8)
-    images = decode_images(raw, str(x_path))
-    del raw
-    names_file = folder / "class_names.txt"
-    classes = _class_names(names_file.read_text() if names_file.is_file() else None)
-    if y_name is None:
-        return ImageSet(images, None, None, "stl10")
-    y_path = folder / y_name
-    labels = decode_labels(np.fromfile(y_path, dtype=np.uint8), len(images), str(y_path), len(classes))
+    x_path, names_file = folder / x_name, folder / "class_names.txt"
+    try:
+        raw = np.memmap(x_path, dtype=np.uint8, mode="r") if x_path.stat().st_size else np.empty(0, np.uint8)
+        images = decode_images(raw, str(x_path))
+        del raw
+        if y_name is None:
+            return ImageSet(images, None, None, "stl10")
+        classes = _class_names(names_file.read_bytes() if names_file.is_file() else None, str(names_file))
+        y_raw = np.fromfile(folder / y_name, dtype=np.uint8)
+    except OSError as e:
+        raise DataError(f"cannot read {e.filename}: {e.strerror or e}") from None
+    labels = decode_labels(y_raw, len(images), str(folder / y_name), len(classes))
     return ImageSet(images, labels, classes, "stl10")
 
 
 def read_tar(archive: Path, split: str) -> ImageSet:
+    """One split from the archive, which is read to its end so that damage anywhere shows."""
     x_name, y_name = SPLITS[split]
-    wanted = {x_name, "class_names.txt"} | ({y_name} if y_name else set())
-    found: dict[str, bytes] = {}
-    try:
-        with tarfile.open(archive, "r|*") as tf:
-            for member in tf:
-                base = member.name.rsplit("/", 1)[-1]
-                if member.isfile() and base in wanted:
-                    found[base] = tf.extractfile(member).read()
-                    if len(found) == len(wanted):
-                        break
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        raise DataError(f"cannot read the archive {archive}: {e} (truncated download?)") from e
+    caps = {x_name: _MAX_X, "class_names.txt": _MAX_OTHER} | ({y_name: _MAX_OTHER} if y_name else {})
+    contents = read_tar_members(archive, lambda name: caps.get(name.rsplit("/", 1)[-1], 0))
+    if contents.too_big:
+        raise DataError(f"{archive}: member {contents.too_big[0]} is larger than an STL-10 file may be")
+    found: dict[str, tuple[str, bytes]] = {}
+    for member in list(contents.data):  # popped, so that the 2.7 GB split is held once
+        data, base = contents.data.pop(member), member.rsplit("/", 1)[-1]
+        if base in found:
+            raise DataError(f"{archive} holds {base} twice: {found[base][0]} and {archive}:{member}")
+        found[base] = (f"{archive}:{member}", data)
     missing = [n for n in (x_name, y_name) if n and n not in found]
     if missing:
         raise DataError(f"{archive} lacks {', '.join(f'{FOLDER}/{n}' for n in missing)}")
-    images = decode_images(np.frombuffer(found.pop(x_name), np.uint8), f"{archive}:{x_name}")
-    classes = _class_names(found["class_names.txt"].decode() if "class_names.txt" in found else None)
+    where, data = found.pop(x_name)
+    images = decode_images(np.frombuffer(data, np.uint8), where)
+    del data
     if y_name is None:
         return ImageSet(images, None, None, "stl10")
-    labels = decode_labels(np.frombuffer(found[y_name], np.uint8), len(images), f"{archive}:{y_name}", len(classes))
+    names_where, names_raw = found.get("class_names.txt", (None, None))
+    classes = _class_names(names_raw, names_where)
+    where, data = found[y_name]
+    labels = decode_labels(np.frombuffer(data, np.uint8), len(images), where, len(classes))
     return ImageSet(images, labels, classes, "stl10")
 
 

@@ -29,7 +29,8 @@ def _check_params(k: int, temperature: float, chunk_size: int) -> None:
     for name, value, ok in (("k", k, k >= 1), ("temperature", temperature, temperature > 0),
                             ("chunk_size", chunk_size, chunk_size >= 1)):
         if not ok:
-            raise ValueError(f"eval.knn.{name}={value}: must be {'positive' if name == 'temperature' else 'at least 1'}")
+            bound = "positive" if name == "temperature" else "at least 1"
+            raise ValueError(f"eval.knn.{name}={value}: must be {bound}")
 
 
 def _check(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor | None, who: str) -> None:

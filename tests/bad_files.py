@@ -1,0 +1,31 @@
+"""Small real files for the bad-data catalogues (tests/test_bad_data.py,
+tests/test_bad_official_data.py)."""
+
+import io
+import tarfile
+from pathlib import Path
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def tar_of(files: dict[str, bytes], links: dict[str, str] = ()) -> bytes:
+    """An uncompressed tar of `files` (in this order) and then symbolic links."""
+    b = io.BytesIO()
+    with tarfile.open(fileobj=b, mode="w") as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1_700_000_000
+            tf.addfile(info, io.BytesIO(data))
+        for name, target in dict(links).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tf.addfile(info)
+    return b.getvalue()
+
+
+def overwrite(data: bytes, at: int, junk: bytes = b"\x5a" * 24) -> bytes:
+    return data[:at] + junk + data[at + len(junk):]
