@@ -228,12 +228,17 @@ def _print_layers(protocol: str, res: dict) -> None:
 def _plot_layers(run, protocol: str, cfg) -> Path:
     """RUN/eval_<protocol>_layers.png: the trained encoder's curve and, where it was measured,
     the random-init one (`--random-init`), from the results written in the run folder."""
+    from selfsup.data import DataWarning
     from selfsup.eval.plots import plot_layers
 
     curves = {}
     for random_init, label in ((False, "trained"), (True, "random init")):
         path = run.eval_result(protocol, random_init)
-        rows = json.loads(path.read_text()).get("layers") if path.exists() else None
+        try:
+            rows = json.loads(path.read_text()).get("layers") if path.exists() else None
+        except (ValueError, AttributeError):  # a result damaged since: the curve is left out
+            warnings.warn(f"{path} is not a result file; its curve is left out of the plot", DataWarning)
+            rows = None
         if rows:
             curves[label] = rows
     title = f"{protocol} top-1 by layer: {cfg.method.name}, {cfg.backbone.name}, {cfg.data.name}"

@@ -386,3 +386,13 @@ def test_an_unwritable_output_folder_is_one_line(capsys, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     refused(capsys, ["pretrain", *QUICK, f"trainer.out={blocker}"], str(blocker))
+
+
+def test_a_damaged_earlier_result_is_left_out_of_the_layer_plot_with_a_warning(capsys, copy):
+    (copy / "eval_knn_random.json").write_text('{"layers": [')
+    assert main(["eval", "knn", str(copy), "eval.layer=all"]) == 0
+    err = capsys.readouterr().err
+    assert [ln for ln in err.splitlines() if "warning" in ln] == [
+        f"selfsup: warning: {copy / 'eval_knn_random.json'} is not a result file; its curve is left "
+        f"out of the plot"], err
+    assert (copy / "eval_knn_layers.png").exists()
