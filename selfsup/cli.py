@@ -9,6 +9,8 @@
     selfsup eval finetune runs/quick-20261122-101500 --random-init      # the baseline
     selfsup eval linear runs/quick-20261122-101500 eval.layer=all       # every layer, one pass
     selfsup eval linear runs/quick-20261122-101500 --checkpoints        # loss against probe
+    selfsup report runs/quick-20261122-101500                 # RUN/report.html
+    selfsup report RUN_A RUN_B -o compare.html                # several runs side by side
     selfsup recipes
     selfsup config --recipe cifar10_simclr trainer.batch_size=256
 
@@ -22,6 +24,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -41,6 +44,7 @@ def _is_finetune_recipe(path: Path) -> bool:
 
 
 def _pretrain(args) -> int:
+    from selfsup import distributed as dist
     from selfsup.run import find_run_dir, load_run_config
     from selfsup.runfolder import RunFolder, default_run_dir
     from selfsup.train.trainer import Trainer
@@ -68,6 +72,24 @@ def _pretrain(args) -> int:
         trainer = Trainer(cfg, run_dir=run.path, overwrite=args.overwrite)
     run_dir = trainer.fit()
     print(f"run folder: {run_dir}")
+    if cfg.report.auto and dist.is_main():
+        from selfsup.report.page import write_report
+
+        try:
+            print(f"report: {write_report([run_dir])}")
+        except Exception as e:  # the run is done and intact; the report can be written again
+            print(f"selfsup: warning: the report was not written ({type(e).__name__}: {e}); "
+                  f"try: selfsup report {run_dir}", file=sys.stderr)
+    return 0
+
+
+def _report(args) -> int:
+    from selfsup.report.page import write_report
+
+    t = time.perf_counter()
+    out = write_report([Path(r) for r in args.runs], Path(args.output) if args.output else None,
+                       analyse=not args.no_analysis, progress=True)
+    print(f"written: {out} ({time.perf_counter() - t:.1f} s)")
     return 0
 
 
@@ -297,6 +319,15 @@ def parser() -> argparse.ArgumentParser:
                    "eval.finetune.epochs=10")
     e.set_defaults(func=_evaluate)
 
+    rp = sub.add_parser("report", help="a self-contained HTML report of a run, or a comparison of "
+                        "several")
+    rp.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s); several give a comparison page")
+    rp.add_argument("-o", "--output", help="the HTML file (default: RUN/report.html, or "
+                    "./comparison.html for several runs)")
+    rp.add_argument("--no-analysis", action="store_true", help="leave out what needs the encoder and "
+                    "the data (retrievals, embedding map, attention)")
+    rp.set_defaults(func=_report)
+
     r = sub.add_parser("recipes", help="list the shipped recipes")
     r.set_defaults(func=_recipes)
 
@@ -304,7 +335,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--recipe", "-r", default="quick")
     c.add_argument("overrides", nargs="*")
     c.set_defaults(func=_config)
-    for command in (p, e, r, c):  # also accepted after the command
+    for command in (p, e, rp, r, c):  # also accepted after the command
         command.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
                              help=argparse.SUPPRESS)
     return ap

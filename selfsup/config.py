@@ -23,6 +23,7 @@ from selfsup.backbones import BackboneConfig
 from selfsup.errors import ConfigError
 from selfsup.eval import FinetuneConfig, KNNConfig, LinearConfig
 from selfsup.methods import METHODS
+from selfsup.report.settings import ReportConfig
 from selfsup.views import ViewConfig
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -245,6 +246,7 @@ class Config:
     method: Any = field(default_factory=lambda: {"name": "simclr"})
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 def recipe_path(recipe: str) -> Path:

@@ -46,7 +46,7 @@ needs_cifar10 = pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpg.tar.gz").is_f
 # method's config adds its own `tiny` settings (selfsup/protocol.py), so a new method needs no
 # entry here.
 TINY = ["backbone.width=0.125", "views.size=16", "trainer.batch_size=64", "trainer.epochs=1",
-        "trainer.progress=false", "trainer.knn_every=-1", "trainer.log_every=5"]
+        "trainer.progress=false", "trainer.knn_every=-1", "trainer.log_every=5", "report.auto=false"]
 
 # The two-player method of the tests joins the registry, so every registry-wide test runs it.
 METHODS.setdefault("two_player", TwoPlayer)

@@ -103,6 +103,13 @@ class Attention(nn.Module):
         x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
+    def weights(self, x: Tensor) -> Tensor:  # x: [B, N, D] -> [B, heads, N, N]
+        """The attention weights that `forward` applies (it never forms them: SDPA)."""
+        B, N, D = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads)
+        q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
+
 
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
@@ -238,6 +245,20 @@ class VisionTransformer(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
+
+    @torch.no_grad()
+    def attention_maps(self, x: Tensor) -> Tensor:
+        """x: [B, C, H, W] -> [B, heads, h, w]: where the last block looks. With a class token,
+        its attention to each patch (as DINO shows it, §4.2.1); with mean pooling, the attention
+        each patch receives, averaged over all queries."""
+        tokens = self.embed(x)
+        for block in self.blocks[:-1]:
+            tokens = block(tokens)
+        w = self.blocks[-1].attn.weights(self.blocks[-1].norm1(tokens))
+        p = self.num_prefix_tokens
+        w = w[:, :, 0, p:] if self.cls_token is not None else w[:, :, p:, p:].mean(dim=2)
+        side = x.shape[-1] // self.patch_size
+        return w.reshape(x.shape[0], -1, x.shape[-2] // self.patch_size, side)
 
     def forward(self, x: Tensor, keep: Optional[Tensor] = None) -> Tensor:
         """x: [B, C, H, W], keep: [B, K] visible patch indices or None -> [B, dim]."""

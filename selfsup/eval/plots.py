@@ -6,9 +6,14 @@ from pathlib import Path
 
 
 def plot_layers(curves: dict[str, list[dict]], path: Path, title: str) -> Path:
+    """`layers_figure` written to a temporary name and renamed, like every file of a run folder."""
+    return _save(layers_figure(curves, title), path)
+
+
+def layers_figure(curves: dict[str, list[dict]], title: str):
     """Top-1 against depth: one line per entry of `curves` ({label: the "layers" rows of an
     every-layer result, each with "layer", "depth", "top1"}); labels ending in "random init"
-    are dashed. Written to a temporary name and renamed, like every file of a run folder."""
+    are dashed."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 3.8), dpi=120)
@@ -27,7 +32,7 @@ def plot_layers(curves: dict[str, list[dict]], path: Path, title: str) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def plot_track(points: list[dict], path: Path, title: str, ylabel: str) -> Path:

@@ -25,8 +25,9 @@ from selfsup import distributed as dist
 from selfsup.backbones import build_backbone
 from selfsup.config import Config, ConfigError, ParamSetConfig, to_yaml, view_configs
 from selfsup.data import ImageSet, check_same_classes, dataset_stats, load_dataset
-from selfsup.device import autocast, resolve_device, resolve_precision
+from selfsup.device import autocast, describe_device, resolve_device, resolve_precision
 from selfsup.eval.features import FeatureCache, frozen_eval
+from selfsup.eval.health import embedding_health, verdict
 from selfsup.eval.protocols import evaluate
 from selfsup.methods import build_method
 from selfsup.protocol import Output, Progress, hook, method_inputs, param_sets, set_parameters
@@ -266,7 +267,8 @@ class Trainer:
     def evaluate(self, protocols: tuple[str, ...] = ("knn",)) -> dict[str, dict] | None:
         """{protocol: result} of the backbone as it is now, by `selfsup.eval.protocols` on one
         feature cache: the labelled training images (at most `trainer.knn_bank` of them) against
-        the test split. None without a labelled test split, and on ranks other than 0."""
+        the test split; and "health": the test features' collapse signals (selfsup/eval/health.py).
+        None without a labelled test split, and on ranks other than 0."""
         if self.test_set is None or not dist.is_main():
             return None
         t, e = self.cfg.trainer, self.cfg.eval
@@ -276,12 +278,10 @@ class Trainer:
             bank = bank.subset(pick[: t.knn_bank])
         cache = FeatureCache(self.model.backbone, self.mean, self.std, batch_size=e.batch_size,
                              device=self.device, precision=self.precision)
-        return evaluate(cache, bank, self.test_set, e, protocols, size=e.size or self.cfg.views.size,
-                        seed=t.seed)
-
-    def knn(self) -> dict | None:
-        res = self.evaluate(("knn",))
-        return res and res["knn"]
+        size = e.size or self.cfg.views.size
+        results = evaluate(cache, bank, self.test_set, e, protocols, size=size, seed=t.seed)
+        results["health"] = embedding_health(cache.features(self.test_set.images, None, size))
+        return results
 
     # -- the loop ----------------------------------------------------------------------------
     def progress(self) -> Progress:
@@ -355,6 +355,11 @@ class Trainer:
             self.run.config.write_text(to_yaml(self.cfg))
             self.run.write_stats(self.mean, self.std)
         log = RunLog(self.run if main else None)
+        log.log("start", self.step, device=describe_device(self.device), precision=self.precision,
+                processes=self.world, train_images=len(self.train_set),
+                test_images=len(self.test_set) if self.test_set is not None else 0,
+                backbone_params=sum(p.numel() for p in self.model.backbone.parameters()),
+                method_params=sum(p.numel() for p in self.model.parameters()), torch=torch.__version__)
         rank, n = dist.rank(), len(self.train_set)
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (main and t.progress),
                    desc=f"{self.cfg.method.name}", unit="step", dynamic_ncols=True)
@@ -436,11 +441,17 @@ class Trainer:
         return written
 
     def _log_knn(self, log: RunLog, train_time: float) -> dict | None:
-        res = self.knn()
-        if res is not None:
-            log.log("knn", self.step, epoch=self.step / self.steps_per_epoch, top1=res["top1"],
-                    train_time_s=train_time, protocol=res["protocol"])
-            tqdm.write(f"epoch {self.step / self.steps_per_epoch:.0f}: k-NN top-1 {res['top1']:.2f}%")
+        """The online k-NN and the embedding's health, logged; the k-NN result."""
+        out = self.evaluate(("knn",))
+        if out is None:
+            return None
+        res, epoch = out["knn"], self.step / self.steps_per_epoch
+        log.log("knn", self.step, epoch=epoch, top1=res["top1"], train_time_s=train_time,
+                protocol=res["protocol"])
+        log.log("health", self.step, epoch=epoch, **out["health"])
+        tqdm.write(f"epoch {epoch:.0f}: k-NN top-1 {res['top1']:.2f}%")
+        if out["health"]["collapsed"]:
+            tqdm.write(f"warning: the representation has {verdict(out['health'])}")
         return res
 
     def finish(self, log: RunLog, train_time: float) -> Path:
