@@ -27,7 +27,8 @@ h1 { font-size: 1.6rem; margin: 0 0 .2rem; } h2 { font-size: 1.2rem; margin: 2re
 .sub { color: #555; margin: 0 0 1rem; } .note { color: #555; font-size: .9rem; }
 table { border-collapse: collapse; margin: .4rem 0; font-size: .92rem; }
 td, th { border: 1px solid #ddd; padding: .25rem .6rem; text-align: left; vertical-align: top; }
-th { background: #f5f5f7; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f5f5f7; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 img { max-width: 100%; height: auto; display: block; margin: .4rem 0; }
 pre { background: #f5f5f7; padding: .8rem; overflow-x: auto; font-size: .8rem; }
 .warn { background: #fdecea; border-left: 4px solid #d62728; padding: .5rem .8rem; }
