@@ -9,7 +9,7 @@ from torch import nn
 
 from selfsup.config import Config, view_configs
 from selfsup.errors import ConfigError
-from selfsup.protocol import method_inputs, param_sets
+from selfsup.protocol import hook, method_inputs, param_sets
 from selfsup.views import build_view_set
 
 
@@ -31,7 +31,9 @@ def check_model(cfg: Config, in_channels: int = 3) -> nn.Module:
             # a geometry that does not fit the view size fails here, not at the first step.
             views = build_view_set(view_configs(cfg), [0.5] * in_channels, [0.25] * in_channels)
             blank = torch.zeros(2, in_channels, cfg.views.size, cfg.views.size, dtype=torch.uint8)
-            method_inputs(model, views, blank, torch.Generator().manual_seed(0))
+            make = hook(model, "make_tokenizer")  # image-text methods: two captions too
+            texts = make([["a"], ["b"]]).encode([["a"], ["b"]]) if make else ()
+            method_inputs(model, views, blank, torch.Generator().manual_seed(0), texts=texts)
     except ConfigError:
         raise
     except (ValueError, KeyError, ZeroDivisionError) as e:

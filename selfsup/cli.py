@@ -43,7 +43,8 @@ def _is_finetune_recipe(path: Path) -> bool:
     return "method" not in y and "finetune" in (y.get("eval") or {})
 
 
-def _pretrain(args) -> int:
+def _pretrain(args) -> Path:
+    """`selfsup pretrain`: the run folder it trained."""
     from selfsup import distributed as dist
     from selfsup.run import find_run_dir, load_run_config
     from selfsup.runfolder import RunFolder, default_run_dir
@@ -80,7 +81,7 @@ def _pretrain(args) -> int:
         except Exception as e:  # the run is done and intact; the report can be written again
             print(f"selfsup: warning: the report was not written ({type(e).__name__}: {e}); "
                   f"try: selfsup report {run_dir}", file=sys.stderr)
-    return 0
+    return run_dir
 
 
 def _report(args) -> int:
@@ -93,7 +94,8 @@ def _report(args) -> int:
     return 0
 
 
-def _evaluate(args) -> int:
+def _evaluate(args) -> dict:
+    """`selfsup eval`: {protocol: the result it printed and wrote}."""
     import dataclasses
 
     from selfsup.config import build_config, view_configs
@@ -107,7 +109,7 @@ def _evaluate(args) -> int:
     from selfsup.runfolder import RunFolder
 
     protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
-    known = [*PROTOCOLS, "finetune"]
+    known = [*PROTOCOLS, "finetune", *TEXT_PROTOCOLS]
     bad = [p for p in protocols if p not in known]
     if bad or not protocols:
         raise ConfigError(f"eval: unknown protocol {','.join(bad) or args.protocol!r}; choose from "
@@ -120,6 +122,11 @@ def _evaluate(args) -> int:
     # The run's config, then a recipe's overrides (e.g. a fine-tune recipe), then the command line.
     recipe = [recipe_path(args.recipe)] if args.recipe else []
     cfg = build_config(run.config, *recipe, list(args.overrides))
+    if set(protocols) & set(TEXT_PROTOCOLS):
+        if not set(protocols) <= set(TEXT_PROTOCOLS) or args.checkpoints or args.random_init:
+            raise ConfigError(f"eval: {', '.join(TEXT_PROTOCOLS)} need the trained image-text method and "
+                              f"run on their own: not with other protocols, --checkpoints or --random-init")
+        return _evaluate_text(args, run, cfg, protocols)
     d = cfg.data
     train = load_dataset(d.name, d.train_split, root=d.root, image_size=d.image_size, strict=d.strict)
     if train.labels is None:
@@ -171,21 +178,73 @@ def _evaluate(args) -> int:
         results["finetune"] = finetune(backbone, train, test, mean, std, fcfg, device=device,
                                        precision=precision, progress=True, description=weights,
                                        method=method)
+    written = {}
     for protocol in protocols:
-        res = results[protocol]
+        res = written[protocol] = {**results[protocol], "weights": weights, "recipe": args.recipe}
         if "layers" in res:
             _print_layers(protocol, res)
         print(f"{protocol} top-1: {res['top1']:.2f}%  ({res['protocol']})")
         out = run.eval_result(protocol, args.random_init)
-        out.write_text(json.dumps({**res, "weights": weights, "recipe": args.recipe}, indent=2,
-                                  default=str))
+        out.write_text(json.dumps(res, indent=2, default=str))
         print(f"written: {out}")
         if "layers" in res:
             print(f"written: {_plot_layers(run, protocol, cfg)}")
-    return 0
+    return written
 
 
-def _track(run, cfg, protocols, train, test, mean, std, device, precision, size, n_train, note) -> int:
+TEXT_PROTOCOLS = ("retrieval", "zeroshot")
+
+
+def _evaluate_text(args, run, cfg, protocols: list[str]) -> dict:
+    """Retrieval on the run's held-out image-caption pairs and zero-shot classification of a
+    labelled dataset (selfsup/eval/text.py), with the run's method and tokenizer."""
+    from selfsup.data import load_dataset
+    from selfsup.data.captions import TEMPLATES
+    from selfsup.data.text import Tokenizer
+    from selfsup.device import resolve_device, resolve_precision
+    from selfsup.eval.text import retrieval, zero_shot
+    from selfsup.run import load_method
+    from selfsup.train.trainer import prepare_data
+
+    if not run.tokenizer.exists():
+        raise ConfigError(f"{run.path} has no tokenizer.json: {cfg.method.name} is not an image-text "
+                          f"method, so it has no text side to evaluate")
+    tokenizer = Tokenizer.from_json(run.tokenizer.read_text(), str(run.tokenizer))
+    _, held_out, _, _ = prepare_data(cfg, need_test=True)
+    method = load_method(args.run, cfg, held_out.images.shape[1])
+    device = resolve_device(cfg.trainer.device)
+    precision = resolve_precision(cfg.trainer.precision, device)
+    method = method.to(device)
+    mean, std = run.read_stats()
+    size = cfg.eval.size or cfg.views.size
+    written = {}
+    for p in protocols:
+        if p == "retrieval":
+            res = retrieval(method, tokenizer, held_out, mean, std, size, device, precision)
+            for way in ("image_to_text", "text_to_image"):
+                cells = ", ".join(f"R@{k} {v:.1f}%" for k, v in res[way].items())
+                print(f"{way.replace('_', ' ')}: {cells}")
+        else:
+            e, d = cfg.eval, cfg.data
+            test = held_out if e.zeroshot_data is None else load_dataset(
+                e.zeroshot_data, e.zeroshot_split, root=d.root, image_size=d.image_size, strict=d.strict)
+            if test.images.shape[1] != held_out.images.shape[1]:  # grey <-> RGB, as the protocol says
+                from selfsup.data import ImageSet
+                x = test.images
+                x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x.float().mean(1, keepdim=True).round().byte()
+                test = ImageSet(x.contiguous(), test.labels, test.classes, test.name)
+            templates = e.zeroshot_templates or d.caption_templates or TEMPLATES
+            res = zero_shot(method, tokenizer, test, templates, mean, std, size, device, precision)
+            print(f"zero-shot top-1: {res['top1']:.2f}% (chance {res['chance']:.1f}%)")
+        print(res["protocol"])
+        out = run.eval_result(p)
+        written[p] = {**res, "weights": str(args.run)}
+        out.write_text(json.dumps(written[p], indent=2, default=str))
+        print(f"written: {out}")
+    return written
+
+
+def _track(run, cfg, protocols, train, test, mean, std, device, precision, size, n_train, note) -> dict:
     """`--checkpoints`: the held-out pretraining loss and the protocols at the random init and at
     every kept checkpoint (selfsup/eval/track.py); a table, and per protocol a JSON and a plot."""
     from selfsup.eval.plots import plot_track
@@ -237,7 +296,7 @@ def _track(run, cfg, protocols, train, test, mean, std, device, precision, size,
         ylabel = f"{p} top-1 (%)" + (", best layer" if cfg.eval.layer == "all" else "")
         plotted = [{"step": r["step"], "loss": r["heldout"]["loss"], "top1": r["top1"]} for r in rows]
         print(f"written: {plot_track(plotted, run.eval_track(p, '.png'), title, ylabel)}")
-    return 0
+    return {p: json.loads(run.eval_track(p).read_text()) for p in protocols}
 
 
 def _print_layers(protocol: str, res: dict) -> None:
@@ -341,7 +400,8 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's arguments (also how selfsup/api.py states its calls)."""
     ap = parser()
     # Overrides may follow an option (`eval finetune RUN --random-init a.b=c`); argparse would
     # have closed the positional list at the option, so the rest are taken back here.
@@ -350,6 +410,11 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(r.startswith("-") for r in rest):
             ap.error(f"unrecognized arguments: {' '.join(rest)}")
         args.overrides = [*args.overrides, *rest]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     traceback = args.traceback or os.environ.get("SELFSUP_TRACEBACK", "") not in ("", "0")
     from selfsup.data import DataWarning
     from selfsup.errors import SelfsupError
@@ -365,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.showwarning = one_line
     try:
-        return args.func(args)
+        result = args.func(args)  # a command's result (the run folder, the evaluations) or a status
+        return result if isinstance(result, int) else 0
     except (SelfsupError, OSError) as e:  # what a user can act on: one line, no traceback
         if traceback:
             raise

@@ -48,6 +48,11 @@ class DataConfig:
     on_device: keep the uint8 images on the training device (the fast path).
     download: fetch a missing official dataset into the root (checksum verified).
     strict: stop at the first image that cannot be decoded (default: skip it, warn, count it).
+    holdout: image-caption data without split folders (a folder or tar with a captions file):
+        the fraction of images in the test split, drawn with trainer.seed; train is the rest.
+    caption_templates: give a labelled dataset captions made from its class names, one per
+        template ("a photo of a {}."; the empty list: selfsup.data.captions.TEMPLATES), for
+        image-text methods; null: no captions made.
     """
 
     name: str = "digits"
@@ -59,6 +64,8 @@ class DataConfig:
     on_device: bool = True
     download: bool = False
     strict: bool = False
+    holdout: float = 0.1
+    caption_templates: Optional[list[str]] = None
 
     def __post_init__(self):
         if not str(self.name).strip():
@@ -67,6 +74,11 @@ class DataConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"data.{name}={value}: must be at least 1 (or null)")
+        if not 0 < self.holdout < 1:
+            raise ValueError(f"data.holdout={self.holdout}: must be in (0, 1)")
+        for t in self.caption_templates or []:
+            if t.count("{}") != 1:
+                raise ValueError(f"data.caption_templates: {t!r} must hold one {{}} for the class name")
 
 
 @dataclass
@@ -213,6 +225,9 @@ class EvalConfig:
         this many training / test images (null: all); fine-tuning has its own, eval.finetune.*.
     loss_images: test images on which `selfsup eval ... --checkpoints` measures the method's
         held-out pretraining loss at every checkpoint (a seeded, class-stratified subset).
+    zeroshot_data / zeroshot_split: the labelled dataset `selfsup eval zeroshot` classifies by
+        its class names (null: the run's own data and test split); zeroshot_templates: its
+        prompts (null: data.caption_templates if set, else selfsup.data.captions.TEMPLATES).
     """
 
     batch_size: int = 512
@@ -221,6 +236,9 @@ class EvalConfig:
     train_subset: Optional[int] = None
     test_subset: Optional[int] = None
     loss_images: int = 2000
+    zeroshot_data: Optional[str] = None
+    zeroshot_split: str = "test"
+    zeroshot_templates: Optional[list[str]] = None
     knn: KNNConfig = field(default_factory=KNNConfig)
     linear: LinearConfig = field(default_factory=LinearConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)

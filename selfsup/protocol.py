@@ -25,6 +25,10 @@ Optional hooks, in the order the trainer calls them (`hook(method, name)` finds 
   parameters, loss, optimizer and settings, and is updated in the order given (a GAN's
   discriminator, then its generator). Without it, the method is one set, "model", of every
   parameter that requires a gradient, and its loss is `forward`.
+- `make_tokenizer(texts) -> selfsup.data.text.Tokenizer`: once, for image-text methods (CLIP),
+  given the training images' captions. The trainer then requires captions (a captions file, or
+  data.caption_templates), stores the tokenizer in the run folder (`tokenizer.json`), and gives
+  every step, after the views, the batch's caption tokens [B, K, T] and which exist [B, K].
 - `prepare(views, generator) -> list[Tensor]`: every step, without gradients, after the views
   are drawn: pretext inputs and targets (rotations, tiles) or masks, drawn from `generator`.
 - `on_after_backward(progress)`: after each backward, before clipping and the optimizer step
@@ -137,8 +141,8 @@ class Method(Protocol):
     def forward(self, views: list[Tensor], progress: Progress) -> Output: ...
 
 
-OPTIONAL_HOOKS = ("init_from_data", "param_sets", "prepare", "on_after_backward", "on_step_end",
-                  "pictures")
+OPTIONAL_HOOKS = ("make_tokenizer", "init_from_data", "param_sets", "prepare", "on_after_backward",
+                  "on_step_end", "pictures")
 
 
 def hook(method: nn.Module, name: str) -> Callable | None:
@@ -150,12 +154,14 @@ def hook(method: nn.Module, name: str) -> Callable | None:
 
 @torch.no_grad()
 def method_inputs(method: nn.Module, views: Callable[[Tensor, torch.Generator], list[Tensor]],
-                  x: Tensor, generator: torch.Generator, channels_last: bool = False) -> list[Tensor]:
+                  x: Tensor, generator: torch.Generator, channels_last: bool = False,
+                  texts: Sequence[Tensor] = ()) -> list[Tensor]:
     """The method's inputs for a uint8 batch `x` [B, C, H, W]: the views that `views` (a view
-    set) draws from `generator`, then, for a method with `prepare`, what it makes of them from
-    the same generator. channels_last: image batches (not targets or masks) in NHWC. Training
-    and every evaluation of a method's loss go through here."""
-    out = views(x, generator)
+    set) draws from `generator`, then the batch's caption tokens and their validity (`texts`,
+    for a method with `make_tokenizer`), then, for a method with `prepare`, what it makes of
+    them from the same generator. channels_last: image batches (not targets or masks) in NHWC.
+    Training and every evaluation of a method's loss go through here."""
+    out = [*views(x, generator), *texts]
     prepare = hook(method, "prepare")
     if prepare:
         out = prepare(out, generator)

@@ -6,6 +6,7 @@
     RUN/checkpoints/step_N/      model.safetensors + state.pt (see selfsup/train/checkpoint.py)
     RUN/encoder.safetensors      the trained backbone's weights
     RUN/normalization.json       the per-channel mean and std the encoder expects
+    RUN/tokenizer.json           an image-text method's tokenizer (selfsup/data/text.py)
     RUN/<picture>.png            a method's last picture grid; RUN/pictures/<picture>_step_N.png
     RUN/eval_<protocol>.json     an evaluation's result (eval_<protocol>_random.json: random init)
     RUN/eval_<protocol>_layers.png  accuracy against depth (eval.layer=all)
@@ -36,7 +37,8 @@ except ImportError:  # Windows
 
 # What a run writes, as glob patterns under the folder: all that `clear` may remove.
 RUN_FILES = ("config.yaml", "metrics.jsonl", "tb", "checkpoints", "encoder.safetensors",
-             "normalization.json", "pictures", "*.png", "eval_*.json", ".tmp-*")
+             "normalization.json", "tokenizer.json", "report.html", "pictures", "*.png", "eval_*.json",
+             ".tmp-*")
 LOCK = ".lock"
 
 
@@ -89,6 +91,10 @@ class RunFolder:
     @property
     def normalization(self) -> Path:
         return self.path / "normalization.json"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.path / "tokenizer.json"
 
     def picture(self, name: str, step: int | None = None) -> Path:
         """A picture grid: the last one (step None) in the folder, earlier ones under pictures/."""

@@ -31,6 +31,8 @@ TILES = ["views.size=24", "method.gap=1"]
 #   simclr +8.2 +7.7 / +7.7 +8.7      mocov2 +5.8 +2.6 / +8.6 +6.3      mocov3 +6.8 +6.0 / +9.0 +7.1
 #   byol +4.0 +4.0 / +1.5 +1.8        dino +6.2 +3.3 / +5.5 +5.1        rotation +4.4 +3.3 / +2.8 +3.5
 #   relpatch +3.8 +3.4 / +1.2 +3.7    (the jigsaws: below, at their own budget)
+#   barlow_twins +6.7 +6.1 / +7.5 +6.9  vicreg +8.0 +7.4 / +8.9 +8.9  simsiam +6.6 +3.4 / +5.5 +4.3 (AVX-512)
+#   swav +4.2 +2.5 / +5.6 +5.8 (AVX-512)
 CASES = {
     "simclr": ("quick_cifar10", ["views.size=16"], 3.5, 3.5),
     # A queue of 1,024 keys (4 steps) and temperature 0.2: with the recipe's 4,096 (16 steps, most
@@ -42,7 +44,15 @@ CASES = {
     # (k-NN +0.1 to +1.0 over tau_base 0.9-0.99 and lr 2-4); AdamW at 2e-3 does.
     "byol": ("quick_cifar10_byol", ["views.size=16", "trainer.optimizer=adamw", "trainer.lr=2e-3",
                                     "trainer.weight_decay=1e-6"], 1.8, 0.7),
+    "barlow_twins": ("quick_cifar10_barlow_twins", ["views.size=16"], 3.0, 3.5),
+    "vicreg": ("quick_cifar10_vicreg", ["views.size=16"], 3.7, 4.4),
+    # SGD lr 1.0 (not the recipe's 0.5) over 3 epochs: at 0.5 and 2 epochs the gains were +5.1 +2.7 /
+    # +3.0 +2.4; LARS lr 2 (+5.3 +1.4 / +3.6 +1.0), AdamW, a wider or a 2-layer projector did no better.
+    "simsiam": ("quick_cifar10_simsiam", ["views.size=16", "trainer.lr=1.0", "trainer.epochs=3"], 1.7, 2.1),
     "dino": ("quick_cifar10_dino", ["views.size=16", "extra_views.1.size=8", "trainer.epochs=1.5"], 1.6, 2.5),
+    # The prototypes stay frozen through these 46 steps (the recipe's first 195, main_swav.py's first
+    # epoch); unfreezing them after 10 did no better (+4.2 +1.3 / +4.5 +4.4 with 512 prototypes).
+    "swav": ("quick_cifar10_swav", ["views.size=16", "extra_views.0.size=8", "trainer.epochs=1.5"], 1.2, 2.8),
     "rotation": ("quick_cifar10_rotation", ["views.size=16", "trainer.epochs=1"], 1.6, 1.4),
     "relpatch": ("quick_cifar10_relpatch", [*TILES, "method.tile=6", "method.jitter=1"], 1.7, 0.5),
     # The jigsaws: 24 permutations, not 100 (the smaller set is learnt sooner; 100: k-NN +0.2 at

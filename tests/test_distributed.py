@@ -12,9 +12,10 @@ from selfsup.methods import METHODS
 
 pytestmark = pytest.mark.distributed
 
-# (method, state) pairs kept equal on every rank by gathering: queue entries, DINO's centre; and
-# the two-player method's critic, which only its own DDP wrapper keeps equal.
+# (method, state) pairs kept equal on every rank by gathering: queue entries, DINO's and iBOT's
+# centres; and the two-player method's critic, which only its own DDP wrapper keeps equal.
 CROSS_RANK_STATE = [("mocov2", "queue.features"), ("mocov2", "queue.ptr"), ("dino", "center"),
+                    ("swav", "queue"), ("ibot", "center"), ("ibot", "center_patch"),
                     ("two_player", "critic.0.weight")]
 
 

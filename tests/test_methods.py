@@ -24,7 +24,8 @@ from selfsup.train.trainer import Trainer
 # The parameters each hook takes, by name (selfsup/protocol.py).
 HOOK_PARAMETERS = {"init_from_data": ["sample", "seed"], "param_sets": [],
                    "prepare": ["views", "generator"], "on_after_backward": ["progress"],
-                   "on_step_end": ["progress", "state"], "pictures": ["views"]}
+                   "on_step_end": ["progress", "state"], "pictures": ["views"],
+                   "make_tokenizer": ["texts"]}
 PER_RANK_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")  # BatchNorm's
 
 
@@ -56,9 +57,9 @@ def test_config_and_hooks_follow_the_protocol(built):
 def test_every_set_reaches_its_parameters_and_buffers_wait_for_the_step(built):
     method, trainer = built
     model = trainer.model
-    x = trainer.images[:32]
-    views = trainer.make_views(x, aug_seed=3)
-    again = trainer.make_views(x, aug_seed=3)
+    x, texts = trainer.batch(torch.arange(32))  # texts: an image-text method's captions
+    views = trainer.make_views(x, aug_seed=3, texts=texts)
+    again = trainer.make_views(x, aug_seed=3, texts=texts)
     assert all(torch.equal(a, b) for a, b in zip(views, again)), "draws must follow the seed only"
     buffers = {n: b.clone() for n, b in model.named_buffers() if not n.endswith(PER_RANK_BUFFERS)}
     progress = Progress(0, 10, 20)

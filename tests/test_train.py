@@ -46,7 +46,8 @@ def test_every_method_trains_round_trips_and_resumes_exactly(tmp_path, method):
     assert state["step"] == whole.total_steps
     fresh = Trainer(cfg, run_dir=run)
     assert fresh.resume() and fresh.step == whole.total_steps
-    views = whole.make_views(whole.images[:8], aug_seed=0)
+    x, texts = whole.batch(torch.arange(8))  # texts: an image-text method's captions
+    views = whole.make_views(x, aug_seed=0, texts=texts)
     whole.model.eval(), fresh.model.eval()
     with torch.no_grad():
         p = Progress(0, 1, 1)

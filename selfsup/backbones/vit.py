@@ -88,11 +88,14 @@ def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int):
+    """Multi-head self-attention; causal: each token attends to itself and those before it
+    (the text encoder of CLIP, selfsup/backbones/text.py)."""
+
+    def __init__(self, dim: int, num_heads: int, causal: bool = False):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed_dim {dim} not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
+        self.num_heads, self.causal = num_heads, causal
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
@@ -100,7 +103,7 @@ class Attention(nn.Module):
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, N, D/heads]
-        x = F.scaled_dot_product_attention(q, k, v)
+        x = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
     def weights(self, x: Tensor) -> Tensor:  # x: [B, N, D] -> [B, heads, N, N]
@@ -108,16 +111,20 @@ class Attention(nn.Module):
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads)
         q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
+        scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+        if self.causal:
+            scores = scores.masked_fill(torch.ones(N, N, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
+        return scores.softmax(dim=-1)
 
 
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
+                 causal: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads)
+        self.attn = Attention(dim, num_heads, causal)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))

@@ -6,11 +6,13 @@
 
 Readers: cifar.py (CIFAR-10/100 pickles, CIFAR-10 JPEG tree), idx.py (MNIST, Fashion-MNIST),
 stl10.py, folder.py (image folders and tars, with tarstream.py and labelfile.py), npz.py,
-digits.py (offline default). Decoded image folders are cached by cache.py; roots.py says where
+digits.py (offline default), captions.py (image-caption folders and tars, with texts; captions
+made from class names). Decoded image folders are cached by cache.py; roots.py says where
 data is looked for. check_same_classes guards an evaluation against a test split whose labels
 mean something else.
 """
 
+from .captions import TEMPLATES, templated
 from .imageset import (
     DataError,
     DataWarning,
@@ -22,6 +24,7 @@ from .registry import known_datasets, load_dataset
 from .roots import cache_root, data_root
 
 __all__ = [
+    "TEMPLATES",
     "DataError",
     "DataWarning",
     "ImageSet",
@@ -31,4 +34,5 @@ __all__ = [
     "dataset_stats",
     "known_datasets",
     "load_dataset",
+    "templated",
 ]

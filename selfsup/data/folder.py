@@ -9,7 +9,9 @@ Layouts, looked for in this order below any single wrapper folder:
 Classes are the class folders of all splits, so one class name has one label in every split.
 Tars are streamed and never extracted to disk. Non-image files (by extension) and hidden files
 are skipped silently; images that fail to decode are skipped with one warning (data.strict=true
-raises instead). Directory links are followed, each real folder once (see _walk).
+raises instead). Directory links are followed, each real folder once (see _walk). A folder or
+tar holding a captions file is image-caption data, read by captions.py with this module's
+listing and decoding (registry.py routes it).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import os
 import stat
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,12 +63,14 @@ class Entry:
 
 @dataclass
 class Listing:
-    """What a folder or tar holds: images, label files, and what could not be taken in."""
+    """What a folder or tar holds: images, label files, the other files asked for (`extra` of
+    list_source: captions files), and what could not be taken in."""
 
     images: list[Entry]
     label_files: list[Entry]
     files: list[tuple[str, os.stat_result | None]] = field(default_factory=list)  # for the cache key
     skipped_links: list[str] = field(default_factory=list)
+    extra: list[Entry] = field(default_factory=list)
 
 
 def is_tar(path: Path) -> bool:
@@ -129,14 +134,22 @@ def _walk(root: str, skipped: list[str]):
         yield dirpath, sorted(filenames)
 
 
-def _list_folder(path: Path) -> Listing:
+def _kind(name: str, extra: Callable[[str], bool] | None) -> str | None:
+    """"image", "label" or "extra" for a file name this module reads, None for any other."""
+    return ("image" if image_format(name) else "label" if labelfile.is_label_file(name)
+            else "extra" if extra is not None and extra(name) else None)
+
+
+def _list_folder(path: Path, extra: Callable[[str], bool] | None = None) -> Listing:
     root = str(path)
     listing = Listing([], [])
+    groups = {"image": listing.images, "label": listing.label_files, "extra": listing.extra}
     for dirpath, filenames in _walk(root, listing.skipped_links):
         rel = () if dirpath == root else tuple(os.path.relpath(dirpath, root).split(os.sep))
         for name in filenames:
             fmt = image_format(name)
-            if not _visible((name,)) or not (fmt or labelfile.is_label_file(name)):
+            kind = _kind(name, extra) if _visible((name,)) else None
+            if kind is None:
                 continue
             full = os.path.join(dirpath, name)
             try:
@@ -146,27 +159,27 @@ def _list_folder(path: Path) -> Listing:
                 st, error = None, e.strerror or str(e)
             parts = tuple(printable(p) for p in rel + (name,))
             listing.files.append(("/".join(parts), st))
-            entry = Entry(parts, full, fmt, printable(full), error)
-            (listing.images if fmt else listing.label_files).append(entry)
+            groups[kind].append(Entry(parts, full, fmt, printable(full), error))
     return listing
 
 
-def _tar_keep(name: str) -> int:
-    parts = tuple(name.split("/"))
-    if not _visible(parts):
-        return 0
-    return _MAX_IMAGE if image_format(parts[-1]) else _MAX_LABEL_FILE if labelfile.is_label_file(parts[-1]) else 0
+def _list_tar(path: Path, extra: Callable[[str], bool] | None = None) -> Listing:
+    """The tar's image, label and `extra` members, held in memory (compressed images are small
+    next to the decoded set). A link to a member is that member again, as on disk; a link to a
+    folder of the archive is skipped, as _walk skips a second path to a folder."""
 
+    def keep(name: str) -> int:
+        parts = tuple(name.split("/"))
+        kind = _kind(parts[-1], extra) if _visible(parts) else None
+        return 0 if kind is None else _MAX_IMAGE if kind == "image" else _MAX_LABEL_FILE
 
-def _list_tar(path: Path) -> Listing:
-    """The tar's image and label members, held in memory (compressed images are small next to
-    the decoded set). A link to a member is that member again, as on disk; a link to a folder
-    of the archive is skipped, as _walk skips a second path to a folder."""
-    contents = read_tar(path, _tar_keep)
+    contents = read_tar(path, keep)
     listing = Listing([], [])
+    groups = {"image": listing.images, "label": listing.label_files, "extra": listing.extra}
     members = dict(contents.data)
     folders = {parent for name in members for parent in _parents(name)}
-    problems = {name: f"larger than the {_MAX_IMAGE >> 20} MiB an image file may be" for name in contents.too_big}
+    problems = {name: f"larger than the {keep(name) >> 20} MiB {'an image' if image_format(name) else 'such a'} "
+                      f"file may be" for name in contents.too_big}
     for link, target in contents.links.items():
         for _ in range(8):  # a link to a link
             target = contents.links.get(target, target)
@@ -174,19 +187,19 @@ def _list_tar(path: Path) -> Listing:
             continue
         if target in folders:
             listing.skipped_links.append(printable(link))
-        elif not _tar_keep(link):
+        elif not keep(link):
             continue
         elif target in members:
             members[link] = members[target]
         else:
             problems[link] = problems.get(target, f"a link to {printable(target)}, which is not a file of the archive")
     for name, data in sorted(members.items()):
-        fmt = image_format(name)
-        (listing.images if fmt else listing.label_files).append(
-            Entry(_tar_parts(name), data, fmt, printable(f"{path}:{name}")))
+        groups[_kind(name.split("/")[-1], extra)].append(
+            Entry(_tar_parts(name), data, image_format(name), printable(f"{path}:{name}")))
     for name, why in sorted(problems.items()):
-        if image_format(name):
-            listing.images.append(Entry(_tar_parts(name), b"", image_format(name), printable(f"{path}:{name}"), why))
+        kind = _kind(name.split("/")[-1], extra)
+        if kind != "label":  # (a label file that cannot be held is left out, as before)
+            groups[kind].append(Entry(_tar_parts(name), b"", image_format(name), printable(f"{path}:{name}"), why))
     return listing
 
 
@@ -299,9 +312,35 @@ def _decode_all(entries: list[Entry], image_size: int | None) -> list[np.ndarray
         return [r for rs in pool.map(_decode_chunk, chunks, [image_size] * len(chunks)) for r in rs]
 
 
-def list_source(path: Path) -> Listing:
-    """The images and label files of a folder or tar, warning about directory links skipped."""
-    listing = _list_tar(path) if is_tar(path) else _list_folder(path)
+def decode_entries(entries: list[Entry], image_size: int | None, strict: bool, path: Path,
+                   split: str) -> tuple[np.ndarray, list[int], list[str]]:
+    """Decode `entries` in a thread pool into one uint8 [N, C, H, W] array; also returns the
+    indices of the entries decoded and the names of those skipped as undecodable (strict: a
+    DataError at the first). All must come out one size, or a DataError names two that differ."""
+    results = _decode_all(entries, image_size)
+    good = [i for i, r in enumerate(results) if not isinstance(r, Exception)]
+    bad = [i for i, r in enumerate(results) if isinstance(r, Exception)]
+    if bad and strict:
+        raise DataError(f"cannot decode image {entries[bad[0]].origin}: {results[bad[0]]}")
+    skipped = [entries[i].origin for i in bad]
+    if not good:
+        raise DataError(f"none of the {len(entries)} images in {path} ({split}) could be decoded, e.g. "
+                        f"{skipped[0]}: {results[bad[0]]}")
+    first = results[good[0]].shape[:2]
+    for i in good:
+        if results[i].shape[:2] != first:
+            raise DataError(
+                f"images in {path} differ in size: {entries[good[0]].origin} is {first[1]}x{first[0]}, "
+                f"{entries[i].origin} is {results[i].shape[1]}x{results[i].shape[0]} (WxH); "
+                f"set data.image_size=N to resize them (shorter side, then centre crop)"
+            )
+    return stack([results[i] for i in good]), good, skipped
+
+
+def list_source(path: Path, extra: Callable[[str], bool] | None = None) -> Listing:
+    """The images and label files of a folder or tar, and the files whose names `extra` accepts,
+    warning about directory links skipped."""
+    listing = _list_tar(path, extra) if is_tar(path) else _list_folder(path, extra)
     if listing.skipped_links:
         links = listing.skipped_links
         shown = ", ".join(links[:_WARN_FIRST]) + (", ..." if len(links) > _WARN_FIRST else "")
@@ -326,25 +365,7 @@ def read_image_folder(
     if not entries:
         raise DataError(f"no images for split {split!r} in the {kind} {path}")
 
-    results = _decode_all(entries, image_size)
-    good = [i for i, r in enumerate(results) if not isinstance(r, Exception)]
-    bad = [i for i, r in enumerate(results) if isinstance(r, Exception)]
-    if bad and strict:
-        raise DataError(f"cannot decode image {entries[bad[0]].origin}: {results[bad[0]]}")
-    skipped = [entries[i].origin for i in bad]
-    if not good:
-        raise DataError(f"none of the {len(entries)} images in {path} ({split}) could be decoded, e.g. "
-                        f"{skipped[0]}: {results[bad[0]]}")
-
-    first = results[good[0]].shape[:2]
-    for i in good:
-        if results[i].shape[:2] != first:
-            raise DataError(
-                f"images in {path} differ in size: {entries[good[0]].origin} is {first[1]}x{first[0]}, "
-                f"{entries[i].origin} is {results[i].shape[1]}x{results[i].shape[0]} (WxH); "
-                f"set data.image_size=N to resize them (shorter side, then centre crop)"
-            )
-    images = stack([results[i] for i in good])
+    images, good, skipped = decode_entries(entries, image_size, strict, path, split)
     labels = None
     if classes is not None:
         index = {c: k for k, c in enumerate(classes)}
@@ -365,21 +386,22 @@ def warn_skipped(path: Path, skipped: list[str], total: int) -> None:
 
 def load_image_folder(
     path: Path, split: str = "train", image_size: int | None = None, strict: bool = False,
-    cache_ok: bool = True, name: str | None = None,
+    cache_ok: bool = True, name: str | None = None, listing: Listing | None = None,
 ) -> ImageSet:
     """read_image_folder behind the decoded-array cache (see cache.py). A folder is listed
-    first, since its listing is its cache key; a tar is keyed by its size and mtime."""
+    first, since its listing is its cache key; a tar is keyed by its size and mtime. `listing`:
+    the source's, when the caller has listed it already."""
     path = Path(path).absolute()
     name = name or source_name(path)
-    listing = None if is_tar(path) else list_source(path)
+    if listing is None and not is_tar(path):
+        listing = list_source(path)
     entry = cache.cache_file(path, split, image_size, listing.files if listing else ()) if cache_ok else None
     if entry is not None:
         hit = cache.load(entry, name)
         # An entry made while skipping bad files must not satisfy a strict load.
-        if hit is not None and not (strict and hit[1]):
-            ds, skipped = hit
-            warn_skipped(path, skipped, len(ds) + len(skipped))
-            return ds
+        if hit is not None and not (strict and hit.skipped):
+            warn_skipped(path, hit.skipped, len(hit.ds) + len(hit.skipped))
+            return hit.ds
     ds, skipped = read_image_folder(path, split, image_size, strict, name, listing)
     warn_skipped(path, skipped, len(ds) + len(skipped))
     if entry is not None:

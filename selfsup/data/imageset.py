@@ -27,12 +27,15 @@ class ImageSet:
     labels: int64 [N], or None for unlabelled data.
     classes: class names, index = label (None when unknown or unlabelled).
     name: the dataset's name, for logs and reports.
+    texts: for image-text data, the captions of each image ([N] lists of one or more strings;
+        None for images alone). Tokenised for a method by selfsup/data/text.py.
     """
 
     images: torch.Tensor
     labels: torch.Tensor | None = None
     classes: list[str] | None = None
     name: str = ""
+    texts: list[list[str]] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.images, np.ndarray):
@@ -56,6 +59,10 @@ class ImageSet:
             self.labels = self.labels.to(torch.int64)
         if self.classes is not None:
             self.classes = [str(c) for c in self.classes]
+        if self.texts is not None and (len(self.texts) != len(self.images)
+                                       or not all(t and all(isinstance(c, str) for c in t) for t in self.texts)):
+            raise DataError(f"ImageSet {self.name!r}: texts must hold one or more captions (strings) "
+                            f"for each of the {len(self.images)} images")
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -79,7 +86,7 @@ class ImageSet:
 
     def to(self, device: torch.device | str) -> ImageSet:
         labels = self.labels.to(device) if self.labels is not None else None
-        return ImageSet(self.images.to(device), labels, self.classes, self.name)
+        return ImageSet(self.images.to(device), labels, self.classes, self.name, self.texts)
 
     def subset(self, indices) -> ImageSet:
         """The images at `indices` (a sequence, array or tensor of ints, or a boolean mask)."""
@@ -88,7 +95,8 @@ class ImageSet:
             idx = idx.nonzero().flatten()
         idx = idx.to(device=self.images.device, dtype=torch.int64)
         labels = self.labels[idx] if self.labels is not None else None
-        return ImageSet(self.images[idx], labels, self.classes, self.name)
+        texts = [self.texts[i] for i in idx.tolist()] if self.texts is not None else None
+        return ImageSet(self.images[idx], labels, self.classes, self.name, texts)
 
 
 def check_same_classes(train: ImageSet, test: ImageSet, train_what: str, test_what: str) -> None:

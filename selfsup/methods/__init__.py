@@ -5,10 +5,13 @@ when the trainer calls them, the rules for metrics, DDP and per-step state) is w
 `selfsup/protocol.py`. The pieces methods share are in `selfsup/parts/` and `selfsup/losses.py`.
 """
 
+from selfsup.methods.barlow_twins import BarlowTwins
 from selfsup.methods.beit import BEiT
 from selfsup.methods.byol import BYOL
+from selfsup.methods.clip import CLIP
 from selfsup.methods.damaged_jigsaw import DamagedJigsaw
 from selfsup.methods.dino import DINO
+from selfsup.methods.ibot import IBOT
 from selfsup.methods.igpt import IGPT
 from selfsup.methods.jigsaw import Jigsaw
 from selfsup.methods.mae import MAE
@@ -17,13 +20,19 @@ from selfsup.methods.mocov3 import MoCoV3
 from selfsup.methods.relpatch import RelPatch
 from selfsup.methods.rotation import Rotation
 from selfsup.methods.simclr import SimCLR
+from selfsup.methods.simsiam import SimSiam
 from selfsup.methods.splitmask import SplitMask
+from selfsup.methods.swav import SwAV
+from selfsup.methods.vicreg import VICReg
 
 METHODS = {
+    "barlow_twins": BarlowTwins,
     "beit": BEiT,
     "byol": BYOL,
+    "clip": CLIP,
     "damaged_jigsaw": DamagedJigsaw,
     "dino": DINO,
+    "ibot": IBOT,
     "igpt": IGPT,
     "jigsaw": Jigsaw,
     "mae": MAE,
@@ -32,7 +41,10 @@ METHODS = {
     "relpatch": RelPatch,
     "rotation": Rotation,
     "simclr": SimCLR,
+    "simsiam": SimSiam,
     "splitmask": SplitMask,
+    "swav": SwAV,
+    "vicreg": VICReg,
 }
 
 

@@ -25,6 +25,7 @@ from selfsup import distributed as dist
 from selfsup.backbones import build_backbone
 from selfsup.config import Config, ConfigError, ParamSetConfig, to_yaml, view_configs
 from selfsup.data import ImageSet, check_same_classes, dataset_stats, load_dataset
+from selfsup.data.text import Tokenizer
 from selfsup.device import autocast, describe_device, resolve_device, resolve_precision
 from selfsup.eval.features import FeatureCache, frozen_eval
 from selfsup.eval.health import embedding_health, verdict
@@ -59,15 +60,24 @@ def run_length(n_images: int, epochs: float, batch_size: int) -> tuple[int, int]
     return steps_per_epoch, max(1, round(epochs * steps_per_epoch))
 
 
-def prepare_data(cfg: Config) -> tuple[ImageSet, ImageSet | None, list[float], list[float]]:
+def prepare_data(cfg: Config, need_test: bool = False
+                 ) -> tuple[ImageSet, ImageSet | None, list[float], list[float]]:
+    """(train, test, mean, std) of the run's data: the test split where the training split is
+    labelled (or `need_test`), both captioned from their class names with data.caption_templates,
+    the training split cut to data.subset, and its per-channel statistics."""
     d = cfg.data
-    train = load_dataset(d.name, d.train_split, root=d.root, image_size=d.image_size,
-                         download=d.download, strict=d.strict)
+    kw = dict(root=d.root, image_size=d.image_size, strict=d.strict, holdout=d.holdout, seed=cfg.trainer.seed)
+    train = load_dataset(d.name, d.train_split, download=d.download, **kw)
     test = None
-    if d.test_split and train.labels is not None:
-        test = load_dataset(d.name, d.test_split, root=d.root, image_size=d.image_size, strict=d.strict)
+    if d.test_split and (train.labels is not None or need_test):
+        test = load_dataset(d.name, d.test_split, **kw)
         check_same_classes(train, test, f"data.train_split={d.train_split!r} of {d.name}",
                            f"data.test_split={d.test_split!r}")  # before the subset: all classes
+    if d.caption_templates is not None:
+        from selfsup.data.captions import TEMPLATES, templated
+
+        templates = d.caption_templates or TEMPLATES
+        train, test = templated(train, templates), test and templated(test, templates)
     if d.subset is not None and d.subset < len(train):
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.trainer.seed))
         train = train.subset(pick[: d.subset])
@@ -143,6 +153,7 @@ class Trainer:
         except ValueError as e:  # what only the data can refuse (its number of channels)
             raise ConfigError(f"method.name={cfg.method.name} with backbone.name={cfg.backbone.name} "
                               f"on data.name={cfg.data.name}: {e}") from None
+        self.tokenizer, self.texts = self._tokenize(store)
         if dist.is_distributed() and t.sync_bn and self.device.type == "cuda":
             # BatchNorm statistics over the global batch (SimCLR appendix B.1); GPUs only in torch.
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -153,6 +164,20 @@ class Trainer:
         self.step = 0
         self._aug = torch.Generator(device=self.device)
         self.last_metrics: dict = {}
+
+    def _tokenize(self, store: torch.device) -> tuple[Tokenizer | None, list[torch.Tensor]]:
+        """For an image-text method (one with `make_tokenizer`): its tokenizer, fitted to the
+        training captions, and their tokens and validity [N, K, T], [N, K] where the images are."""
+        make = hook(self.model, "make_tokenizer")
+        if make is None:
+            return None, []
+        if self.train_set.texts is None:
+            raise ConfigError(f"method.name={self.cfg.method.name} learns from images and their captions, "
+                              f"and data.name={self.cfg.data.name} has none: use a folder or tar with a "
+                              f"captions file, or set data.caption_templates=[] to caption a labelled "
+                              f"dataset from its class names")
+        tokenizer = make(self.train_set.texts)
+        return tokenizer, [t.to(store) for t in tokenizer.encode(self.train_set.texts)]
 
     def _build_sets(self) -> list[OptimizedSet]:
         """The method's parameter sets, each with its optimizer: the trainer's settings, then the
@@ -301,29 +326,41 @@ class Trainer:
             set_lr(s.optimizer, lrs[-1], wd)
         return lrs[0]
 
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The training images at `idx` (uint8 [B, C, H, W] on the device) and, for an image-text
+        method, their caption tokens [B, K, T] and which exist [B, K]."""
+        idx = idx.to(self.images.device)
+        texts = [t[idx].to(self.device, non_blocking=True) for t in self.texts]
+        return self.images[idx].to(self.device, non_blocking=True), texts
+
     @torch.no_grad()
-    def make_views(self, x: torch.Tensor, aug_seed: int) -> list[torch.Tensor]:
-        """The method's inputs for a uint8 batch [B, C, H, W]: its views, then (for methods with a
-        `prepare`) the pretext inputs, targets or masks made from them, all drawn from one
-        generator seeded with `aug_seed`, so a step's draws depend only on the seed, rank and step."""
+    def make_views(self, x: torch.Tensor, aug_seed: int,
+                   texts: list[torch.Tensor] = ()) -> list[torch.Tensor]:
+        """The method's inputs for a uint8 batch [B, C, H, W] (and its `texts`, see `batch`): its
+        views, then (for methods with a `prepare`) the pretext inputs, targets or masks made from
+        them, all drawn from one generator seeded with `aug_seed`, so a step's draws depend only
+        on the seed, rank and step."""
         return method_inputs(self.model, self.views, x, self._aug.manual_seed(aug_seed),
-                             self.cfg.trainer.channels_last)
+                             self.cfg.trainer.channels_last, texts)
 
     def sample_views(self, n: int, seed: int) -> list[torch.Tensor]:
         """The method's inputs (as `make_views` gives them) for `n` training images picked with
         `seed`: what a codebook is built from and what the pictures show."""
         pick = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed))[:n]
-        parts = [self.make_views(self.images[idx.to(self.images.device)].to(self.device), seed + i)
-                 for i, idx in enumerate(pick.split(self.local_batch))]
+        parts = []
+        for i, idx in enumerate(pick.split(self.local_batch)):
+            x, texts = self.batch(idx)
+            parts.append(self.make_views(x, seed + i, texts))
         return [torch.cat(p) for p in zip(*parts)]
 
-    def train_step(self, x: torch.Tensor, aug_seed: int) -> dict[str, torch.Tensor]:
-        """One step on a uint8 batch [B, C, H, W] on the device: the method's views (drawn from
-        `aug_seed`), then for each parameter set in order its loss under autocast, backward, clip
-        and optimizer step, then the method's per-step state. Returns {set name: detached loss};
-        the method's metrics are kept in `last_metrics`."""
+    def train_step(self, x: torch.Tensor, aug_seed: int,
+                   texts: list[torch.Tensor] = ()) -> dict[str, torch.Tensor]:
+        """One step on a uint8 batch [B, C, H, W] on the device (and its `texts`, see `batch`): the
+        method's views (drawn from `aug_seed`), then for each parameter set in order its loss
+        under autocast, backward, clip and optimizer step, then the method's per-step state.
+        Returns {set name: detached loss}; the method's metrics are kept in `last_metrics`."""
         progress = self.progress()
-        views = self.make_views(x, aug_seed)
+        views = self.make_views(x, aug_seed, texts)
         after = hook(self.model, "on_after_backward")
         losses, metrics, state = {}, {}, {}
         for s in self.sets:
@@ -353,6 +390,8 @@ class Trainer:
         if main:
             self.run.path.mkdir(parents=True, exist_ok=True)
             self.run.config.write_text(to_yaml(self.cfg))
+            if self.tokenizer is not None:
+                self.run.tokenizer.write_text(self.tokenizer.to_json())
             self.run.write_stats(self.mean, self.std)
         log = RunLog(self.run if main else None)
         log.log("start", self.step, device=describe_device(self.device), precision=self.precision,
@@ -374,10 +413,9 @@ class Trainer:
                 epoch, i = divmod(self.step, self.steps_per_epoch)
                 perm = epoch_permutation(n, t.seed, epoch)
                 lo = i * t.batch_size + rank * self.local_batch
-                idx = perm[lo: lo + self.local_batch].to(self.images.device)
-                x = self.images[idx].to(self.device, non_blocking=True)
+                x, texts = self.batch(perm[lo: lo + self.local_batch])
                 lr = self.set_schedules()
-                window.add(self.train_step(x, step_seed(t.seed, rank, self.step)))
+                window.add(self.train_step(x, step_seed(t.seed, rank, self.step), texts))
                 self.step += 1
                 bar.update(1)
 
