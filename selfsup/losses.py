@@ -1,7 +1,7 @@
 """The losses that two or more methods share: pure functions with shape notes.
 
 A loss that only one method uses stays in that method's file (MoCo's queue InfoNCE, BYOL's
-normalised squared error, DINO's cross-entropy to a centred teacher, MAE's masked MSE).
+normalised squared error, MAE's masked MSE).
 """
 
 from __future__ import annotations
@@ -53,3 +53,28 @@ def global_nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> tuple[Tensor, 
     one process with the whole batch. z1, z2: [B, D] this process's pairs."""
     z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # [2B, D]
     return nt_xent(z1, z2, temperature, gather_with_grad(z), offset=rank() * 2 * z1.shape[0])
+
+
+def dino_loss(student: Tensor, teacher: Tensor, center: Tensor,
+              student_temp: float, teacher_temp: float) -> tuple[Tensor, Tensor]:
+    """The DINO loss (eq. 3 summed over crop pairs, Algorithm 1), averaged over the pairs: DINO's
+    loss and iBOT's [CLS] loss (iBOT's student global crops are the masked ones).
+
+    student: [V, B, K] logits of the student on all V crops (the 2 global crops first).
+    teacher: [2, B, K] logits of the teacher on the 2 global crops.
+    center: [K] or [1, K], subtracted from the teacher logits before sharpening.
+    For each teacher crop i and each student crop v != i: the cross-entropy
+    -sum_k P_t(i)_k log P_s(v)_k, averaged over the batch; then averaged over the 2(V-1) pairs.
+    Returns the loss and the teacher's mean entropy (loss - entropy is the mean KL).
+    """
+    v, b, _ = student.shape
+    if teacher.shape[0] != 2 or teacher.shape[1:] != student.shape[1:] or v < 2:
+        raise ValueError(f"need teacher [2, B, K] and student [V>=2, B, K], got "
+                         f"{tuple(teacher.shape)} and {tuple(student.shape)}")
+    log_p_s = F.log_softmax(student.float() / student_temp, dim=-1)  # [V, B, K]
+    p_t = F.softmax((teacher.float() - center.float()) / teacher_temp, dim=-1)  # [2, B, K]
+    ce = -torch.einsum("ibk,vbk->iv", p_t, log_p_s) / b  # [2, V]: batch-mean cross-entropies
+    off_diagonal = ~torch.eye(2, v, dtype=torch.bool, device=ce.device)  # v == i is no pair
+    loss = ce[off_diagonal].mean()
+    entropy = -(p_t * torch.log(p_t.clamp_min(1e-30))).sum(-1).mean()
+    return loss, entropy

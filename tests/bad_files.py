@@ -1,15 +1,24 @@
-"""Small real files for the bad-data catalogues (tests/test_bad_data.py,
-tests/test_bad_official_data.py)."""
+"""Small real files for the data tests (tests/test_bad_data.py, tests/test_bad_official_data.py,
+tests/test_captions.py)."""
 
 import io
 import tarfile
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 
 def write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
+
+
+def png(value: int, w: int = 8, h: int = 8) -> bytes:
+    b = io.BytesIO()
+    Image.fromarray(np.full((h, w, 3), value, np.uint8)).save(b, "PNG")
+    return b.getvalue()
 
 
 def tar_of(files: dict[str, bytes], links: dict[str, str] = ()) -> bytes:

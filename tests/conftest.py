@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torch import nn
 
 from selfsup.config import build_config, recipe_path
 from selfsup.methods import METHODS
@@ -37,6 +38,27 @@ class LinearBackbone(torch.nn.Module):
 
     def forward(self, x):
         return self.net(x)
+
+
+class TinyConvNet(nn.Module):
+    """A ResNet-ish stand-in: conv + BN + ReLU, global pooling (any input size)."""
+
+    dim = 8
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """A test's own decode cache, and no user data root (the data tests use it for every test)."""
+    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SELFSUP_DATA", str(tmp_path / "no-data"))
 
 
 needs_cifar10 = pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpg.tar.gz").is_file(),

@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bad_files import overwrite, tar_of, write
+from bad_files import overwrite, png, tar_of, write
 from selfsup.data import (
     DataError,
     DataWarning,
@@ -32,17 +32,7 @@ from selfsup.data import (
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """Each test its own decode cache, and no user data root."""
-    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("SELFSUP_DATA", str(tmp_path / "no-data"))
-
-
-def png(value: int, w: int = 8, h: int = 8) -> bytes:
-    b = io.BytesIO()
-    Image.fromarray(np.full((h, w, 3), value, np.uint8)).save(b, "PNG")
-    return b.getvalue()
+pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py
 
 
 def jpeg(value: int) -> bytes:

@@ -20,11 +20,7 @@ from selfsup.data import DataError, load_dataset
 from selfsup.data import download as dl
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """Each test its own decode cache, and no user data root."""
-    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("SELFSUP_DATA", str(tmp_path / "no-data"))
+pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py
 
 
 # ---- official archives (CIFAR, STL-10): read to the end, damage refused ---------------------------

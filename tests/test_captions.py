@@ -13,12 +13,10 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from bad_files import tar_of, write
+from bad_files import png, tar_of, write
 from conftest import SHARED_DATA
 from selfsup.data import TEMPLATES, DataError, DataWarning, ImageSet, load_dataset, templated
 from selfsup.data import folder as folder_mod
@@ -26,17 +24,7 @@ from selfsup.data import folder as folder_mod
 FLICKR = SHARED_DATA / "flickr8k-1k.tar.gz"
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """Each test its own decode cache, and no user data root."""
-    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("SELFSUP_DATA", str(tmp_path / "no-data"))
-
-
-def png(value: int, w: int = 8, h: int = 8) -> bytes:
-    b = io.BytesIO()
-    Image.fromarray(np.full((h, w, 3), value, np.uint8)).save(b, "PNG")
-    return b.getvalue()
+pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py
 
 
 # Rows in file order; a's and c's captions are interleaved with others'.

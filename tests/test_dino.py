@@ -6,9 +6,11 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import TinyConvNet
 from selfsup.backbones.vit import VisionTransformer
 from selfsup.config import ConfigError, load_config, view_configs
-from selfsup.methods.dino import DINO, DINOConfig, dino_loss
+from selfsup.losses import dino_loss
+from selfsup.methods.dino import DINO, DINOConfig
 from selfsup.parts.heads import NormalizedLinear
 from selfsup.protocol import Progress
 from selfsup.views import multicrop
@@ -33,20 +35,6 @@ def reference_loss(student, teacher, center, tau_s, tau_t):
             total += pair / b
             terms += 1
     return total / terms
-
-
-class TinyConvNet(nn.Module):
-    """A ResNet-ish stand-in: conv + BN + ReLU, global pooling (any input size)."""
-
-    dim = 8
-
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                 nn.AdaptiveAvgPool2d(1), nn.Flatten())
-
-    def forward(self, x):
-        return self.net(x)
 
 
 def tiny_vit():

@@ -4,7 +4,6 @@ and the cross-process reductions (Barlow's summed cross-correlation, VICReg's ga
 
 import copy
 import math
-import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 from conftest import LinearBackbone
+from thread_ranks import ThreadRanks
 from selfsup.config import ConfigError, build_config, load_config, view_configs
 from selfsup.methods import barlow_twins
 from selfsup.methods.barlow_twins import (BarlowTwins, BarlowTwinsConfig, barlow_twins_loss,
@@ -41,45 +41,6 @@ def _standardised_decorrelated(n=8):
     """[n, n-1] embeddings: the Hadamard columns but the constant one; every column has mean 0
     and (biased) variance 1, and the columns are orthogonal."""
     return torch.tensor(_hadamard(n)[:, 1:], dtype=torch.float32)
-
-
-class _ThreadRanks:
-    """W ranks as W threads of this process, with an in-place summing `all_reduce` in rank order
-    (as torch.distributed.all_reduce), so that the multi-process code path runs without a group.
-    CPU autograd runs a backward on the thread that calls it, so backward all-reduces work too."""
-
-    def __init__(self, w):
-        self.w = w
-        self.local = threading.local()
-        self.barrier = threading.Barrier(w)
-        self.slots = [None] * w
-
-    def all_reduce(self, t):
-        self.slots[self.local.rank] = t.detach().clone()
-        self.barrier.wait()
-        total = sum(self.slots[1:], self.slots[0].clone())
-        self.barrier.wait()  # nobody overwrites a slot before everyone has read it
-        t.copy_(total)
-
-    def run(self, fn):
-        results, errors = [None] * self.w, []
-
-        def body(r):
-            self.local.rank = r
-            try:
-                results[r] = fn(r)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the test's thread
-                errors.append(e)
-                self.barrier.abort()
-
-        threads = [threading.Thread(target=body, args=(r,)) for r in range(self.w)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-        return results
 
 
 # -- Barlow Twins ------------------------------------------------------------------------------
@@ -169,7 +130,7 @@ def test_barlow_sum_over_ranks_gives_every_rank_the_global_loss_and_gradient(mon
     and a rank's gradient, averaged by DDP over the W ranks (/ W), is its rows' share of the
     one-process gradient of the whole batch."""
     w, b, d, lambd = 2, 5, 4, 0.3
-    ranks = _ThreadRanks(w)
+    ranks = ThreadRanks(w)
     monkeypatch.setattr(barlow_twins, "is_distributed", lambda: True)
     monkeypatch.setattr(barlow_twins, "dist", SimpleNamespace(all_reduce=ranks.all_reduce))
     g = torch.Generator().manual_seed(4)

@@ -3,12 +3,12 @@ after a step, the momentum schedules, ResNet and ViT steps, config checks, the D
 
 import copy
 import math
-import threading
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from thread_ranks import ThreadRanks
 from selfsup.backbones import BackboneConfig, VisionTransformer, build_backbone
 from selfsup.config import ConfigError, build_config
 from selfsup.methods.mocov2 import (MoCoV2, MoCoV2Config, moco_infonce, shuffle_indices,
@@ -342,57 +342,13 @@ def test_shuffle_is_a_seeded_permutation_and_a_no_op_on_one_process():
         assert torch.equal(shuffled_keys(model.teacher, x, seed=3), model.teacher(x))
 
 
-class _ThreadRanks:
-    """W ranks as W threads of this process: `gather` concatenates every thread's tensor in rank
-    order, as torch.distributed.all_gather does, so that the DDP code path runs without a group."""
-
-    def __init__(self, w):
-        self.w = w
-        self.local = threading.local()
-        self.barrier = threading.Barrier(w)
-        self.slots = [None] * w
-
-    def rank(self):
-        return self.local.rank
-
-    def world_size(self):
-        return self.w
-
-    def gather(self, x):
-        self.slots[self.rank()] = x.detach().clone()
-        self.barrier.wait()
-        out = torch.cat(self.slots)
-        self.barrier.wait()  # nobody overwrites a slot before everyone has read it
-        return out
-
-    def run(self, fn):
-        results, errors = [None] * self.w, []
-
-        def body(r):
-            self.local.rank = r
-            try:
-                results[r] = fn(r)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the test's thread
-                errors.append(e)
-                self.barrier.abort()
-
-        threads = [threading.Thread(target=body, args=(r,)) for r in range(self.w)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-        return results
-
-
 def test_shuffled_keys_across_ranks(monkeypatch):
     """Under DDP each key comes back to the rank and row of its own image, computed with the BN
     statistics of the random chunk of the global batch that the permutation sent to some rank."""
     import selfsup.methods.mocov2 as mocov2
 
     w, b = 3, 4
-    ranks = _ThreadRanks(w)
+    ranks = ThreadRanks(w)
     for name in ("gather", "rank", "world_size"):
         monkeypatch.setattr(mocov2, name, getattr(ranks, name))
     x_all = torch.randn(w * b, 3, 4, 4, generator=torch.Generator().manual_seed(0))
@@ -418,7 +374,7 @@ def test_mocov2_keys_under_ddp_follow_shuffle_bn(monkeypatch, shuffle_bn):
     method.shuffle_bn=false."""
     import selfsup.methods.mocov2 as mocov2
 
-    ranks = _ThreadRanks(2)
+    ranks = ThreadRanks(2)
     for name in ("gather", "rank", "world_size"):
         monkeypatch.setattr(mocov2, name, getattr(ranks, name))
     model = _mocov2(shuffle_bn=shuffle_bn)

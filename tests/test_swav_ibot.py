@@ -9,9 +9,8 @@ import threading
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from conftest import SHARED_DATA, needs_cifar10
+from conftest import SHARED_DATA, TinyConvNet, needs_cifar10
 from selfsup.backbones.vit import VisionTransformer
 from selfsup.config import ConfigError, load_config
 from selfsup.methods.ibot import IBOT, IBOTConfig, draw_masks, patch_loss
@@ -19,20 +18,6 @@ from selfsup.methods.swav import SwAV, SwAVConfig, swav_loss
 from selfsup.parts.sinkhorn import sinkhorn
 from selfsup.protocol import Progress
 from selfsup.train.trainer import Trainer
-
-
-class TinyConvNet(nn.Module):
-    """A ResNet-ish stand-in: conv + BN + ReLU, global pooling (any input size)."""
-
-    dim = 8
-
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                 nn.AdaptiveAvgPool2d(1), nn.Flatten())
-
-    def forward(self, x):
-        return self.net(x)
 
 
 def tiny_vit(pool="mean"):

@@ -17,10 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from selfsup.distributed import all_reduce_mean
+from selfsup.losses import dino_loss
 from selfsup.parts.heads import DINOHead
 from selfsup.parts.multicrop import encode_crops
 from selfsup.parts.teacher import EMATeacher
@@ -80,30 +80,6 @@ class DINOConfig:
         for name in ("warmup_teacher_temp_epochs", "freeze_last_layer"):
             if getattr(self, name) < 0:
                 raise ValueError(f"method.{name} must be >= 0, got {getattr(self, name)}")
-
-
-def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor,
-              student_temp: float, teacher_temp: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The DINO loss (eq. 3 summed over crop pairs, Algorithm 1), averaged over the pairs.
-
-    student: [V, B, K] logits of the student on all V crops (the 2 global crops first).
-    teacher: [2, B, K] logits of the teacher on the 2 global crops.
-    center: [K] or [1, K], subtracted from the teacher logits before sharpening.
-    For each teacher crop i and each student crop v != i: the cross-entropy
-    -sum_k P_t(i)_k log P_s(v)_k, averaged over the batch; then averaged over the 2(V-1) pairs.
-    Returns the loss and the teacher's mean entropy (loss - entropy is the mean KL).
-    """
-    v, b, _ = student.shape
-    if teacher.shape[0] != 2 or teacher.shape[1:] != student.shape[1:] or v < 2:
-        raise ValueError(f"need teacher [2, B, K] and student [V>=2, B, K], got "
-                         f"{tuple(teacher.shape)} and {tuple(student.shape)}")
-    log_p_s = F.log_softmax(student.float() / student_temp, dim=-1)  # [V, B, K]
-    p_t = F.softmax((teacher.float() - center.float()) / teacher_temp, dim=-1)  # [2, B, K]
-    ce = -torch.einsum("ibk,vbk->iv", p_t, log_p_s) / b  # [2, V]: batch-mean cross-entropies
-    off_diagonal = ~torch.eye(2, v, dtype=torch.bool, device=ce.device)  # v == i is no pair
-    loss = ce[off_diagonal].mean()
-    entropy = -(p_t * torch.log(p_t.clamp_min(1e-30))).sum(-1).mean()
-    return loss, entropy
 
 
 class DINO(nn.Module):

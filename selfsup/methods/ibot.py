@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from selfsup.backbones.vit import VisionTransformer, require_vit
 from selfsup.distributed import all_reduce_mean
+from selfsup.losses import dino_loss
 from selfsup.parts.heads import DINOHead, NormalizedLinear
 from selfsup.parts.multicrop import encode_crops
 from selfsup.parts.teacher import EMATeacher
@@ -179,21 +180,6 @@ def draw_masks(batch: int, grid: tuple[int, int], ratio: tuple[float, float], pr
     return torch.zeros_like(first).scatter_(1, order, first)
 
 
-def cls_loss(student: Tensor, teacher: Tensor, center: Tensor, student_temp: float,
-             teacher_temp: float) -> Tensor:
-    """The [CLS] self-distillation loss (DINO's; iBOT's L_[CLS]), averaged over crop pairs.
-
-    student: [V, B, K] logits of the student on every crop (the 2 masked global crops first).
-    teacher: [2, B, K] logits of the teacher on the 2 unmasked global crops. center: [1, K].
-    For each teacher crop i and student crop v != i: the batch mean of -sum_k P_t(i)_k log P_s(v)_k.
-    """
-    v, b, _ = student.shape
-    log_p_s = F.log_softmax(student.float() / student_temp, dim=-1)  # [V, B, K]
-    p_t = F.softmax((teacher.float() - center.float()) / teacher_temp, dim=-1)  # [2, B, K]
-    ce = -torch.einsum("ibk,vbk->iv", p_t, log_p_s) / b  # [2, V]
-    return ce[~torch.eye(2, v, dtype=torch.bool, device=ce.device)].mean()
-
-
 def patch_loss(student: Tensor, teacher: Tensor, mask: Tensor, center: Tensor, student_temp: float,
                teacher_temp: float) -> Tensor:
     """The masked patch-token distillation loss (iBOT's L_MIM, main_ibot.py's loss2).
@@ -291,7 +277,7 @@ class IBOT(nn.Module):
             batch_center = all_reduce_mean(t_cls.mean(dim=0, keepdim=True))
             batch_center_patch = all_reduce_mean(t_patch.mean(dim=(0, 1)).unsqueeze(0))
         temp, temp_patch = self.temperatures(progress)
-        loss_cls = cls_loss(s_cls.unflatten(0, (len(crops), b)), t_cls.unflatten(0, (2, b)),
+        loss_cls, _ = dino_loss(s_cls.unflatten(0, (len(crops), b)), t_cls.unflatten(0, (2, b)),
                             self.center, c.student_temp, temp)
         loss_patch = patch_loss(s_patch, t_patch, masks, self.center_patch, c.student_temp, temp_patch)
         loss = c.cls_weight * loss_cls + c.patch_weight * loss_patch
