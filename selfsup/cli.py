@@ -187,6 +187,8 @@ def _evaluate(args) -> dict:
         out = run.eval_result(protocol, args.random_init)
         out.write_text(json.dumps(res, indent=2, default=str))
         print(f"written: {out}")
+        if "settings" in res:
+            _print_fewshot(run, protocol)
         if "layers" in res:
             print(f"written: {_plot_layers(run, protocol, cfg)}")
     return written
@@ -299,6 +301,28 @@ def _track(run, cfg, protocols, train, test, mean, std, device, precision, size,
     return {p: json.loads(run.eval_track(p).read_text()) for p in protocols}
 
 
+def _print_fewshot(run, protocol: str) -> None:
+    """The few-label table: this encoder and, where it was measured (`--random-init`), the same
+    network at random init, one row each, a column per setting (mean ± std over the draws)."""
+    rows = []
+    for random_init in (False, True):
+        path = run.eval_result(protocol, random_init)
+        if path.exists():
+            try:
+                rows.append(("random init" if random_init else "trained", json.loads(path.read_text())))
+            except (OSError, ValueError):
+                print(f"selfsup: warning: {path} is damaged; left out of the table", file=sys.stderr)
+    settings = [s["setting"] for s in rows[0][1].get("settings", [])]
+    print("\n| encoder | " + " | ".join(f"{s} ({r['labels']} labels)" for s, r in
+                                       zip(settings, rows[0][1]["settings"])) + " |")
+    print("| --- " * (1 + len(settings)) + "|")
+    for name, res in rows:
+        by = {r["setting"]: r for r in res.get("settings", [])}
+        cells = [f"{by[s]['mean']:.2f} ± {by[s]['std']:.2f} %" if s in by else "-" for s in settings]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print()
+
+
 def _print_layers(protocol: str, res: dict) -> None:
     print(f"{protocol} top-1 at every layer:")
     for row in res["layers"]:
@@ -363,8 +387,8 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_pretrain)
 
     e = sub.add_parser("eval", help="evaluate a trained encoder: k-NN, linear probe, fine-tuning")
-    e.add_argument("protocol", help="knn | linear | finetune, or several joined by commas "
-                   "(knn,linear: features are extracted once for both)")
+    e.add_argument("protocol", help="knn | linear | fewshot | finetune | retrieval | zeroshot, or "
+                   "several joined by commas (knn,linear,fewshot: features are extracted once for all)")
     e.add_argument("run", help="run folder, checkpoint folder, or .safetensors inside a run")
     e.add_argument("--recipe", "-r", help="YAML of overrides applied over the run's config, e.g. "
                    "finetune_quick_cifar10 (see selfsup recipes)")

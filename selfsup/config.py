@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from selfsup.backbones import BackboneConfig
 from selfsup.errors import ConfigError
-from selfsup.eval import FinetuneConfig, KNNConfig, LinearConfig
+from selfsup.eval import FewshotConfig, FinetuneConfig, KNNConfig, LinearConfig
 from selfsup.methods import METHODS
 from selfsup.report.settings import ReportConfig
 from selfsup.views import ViewConfig
@@ -225,6 +225,7 @@ class EvalConfig:
         this many training / test images (null: all); fine-tuning has its own, eval.finetune.*.
     loss_images: test images on which `selfsup eval ... --checkpoints` measures the method's
         held-out pretraining loss at every checkpoint (a seeded, class-stratified subset).
+    fewshot: `selfsup eval fewshot`: linear probes on few-label subsets (selfsup/eval/fewshot.py).
     zeroshot_data / zeroshot_split: the labelled dataset `selfsup eval zeroshot` classifies by
         its class names (null: the run's own data and test split); zeroshot_templates: its
         prompts (null: data.caption_templates if set, else selfsup.data.captions.TEMPLATES).
@@ -242,6 +243,7 @@ class EvalConfig:
     knn: KNNConfig = field(default_factory=KNNConfig)
     linear: LinearConfig = field(default_factory=LinearConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    fewshot: FewshotConfig = field(default_factory=FewshotConfig)
 
     def __post_init__(self):
         for name in ("batch_size", "size", "train_subset", "test_subset", "loss_images"):

@@ -8,6 +8,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from selfsup.eval.features import FeatureCache
+from selfsup.eval.fewshot import fewshot_probe
 from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear import linear_probe
 
@@ -43,7 +44,16 @@ def linear_eval(cache: FeatureCache, train, test, ecfg, size: int | None = None,
                         seed=seed, progress=progress, features=_described(ecfg))
 
 
-PROTOCOLS = {"knn": knn_eval, "linear": linear_eval}
+def fewshot_eval(cache: FeatureCache, train, test, ecfg, size: int | None = None,
+                 progress: bool = False, seed: int = 0) -> dict:
+    """Linear probes on class-balanced few-label subsets of `train` (`ecfg.fewshot`,
+    selfsup/eval/fewshot.py), from the same cached features as the full probes."""
+    tr, tr_y, te, te_y = _features(cache, train, test, ecfg, size)
+    return fewshot_probe(tr, tr_y, te, te_y, cfg=ecfg.fewshot, linear=ecfg.linear,
+                         num_classes=train.num_classes, features=_described(ecfg))
+
+
+PROTOCOLS = {"knn": knn_eval, "linear": linear_eval, "fewshot": fewshot_eval}
 
 
 def every_layer(protocol: str, cache: FeatureCache, train, test, ecfg, size: int | None = None,
