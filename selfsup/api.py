@@ -37,11 +37,9 @@ from torch import Tensor, nn
 
 from selfsup.config import Config
 from selfsup.data.decode import resize_crop, resize_images, stack, to_array, upright
+from selfsup.data.imageset import match_channels
 from selfsup.eval.features import extract_features
 from selfsup.runfolder import RunFolderError
-
-LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, Pillow's RGB -> L
-
 
 @dataclass
 class Encoder:
@@ -219,7 +217,10 @@ def _to_batch(images: Any, channels: int, image_size: int | None, layout: str) -
         x = t.contiguous()
         if image_size is not None and tuple(x.shape[-2:]) != (image_size, image_size):
             x = resize_images(x, image_size)
-    return _map_channels(x, channels)
+    try:
+        return match_channels(x, channels)
+    except ValueError as e:
+        raise ValueError(f"embed: {e}") from None
 
 
 def _as_uint8(a: Any) -> Tensor:
@@ -269,15 +270,3 @@ def _from_arrays(arrays: list[np.ndarray], image_size: int | None) -> Tensor:
         raise ValueError(f"embed: the images differ in size ({sorted(sizes)[:3]}) and the run sets no "
                          f"data.image_size to bring them to one; resize them first")
     return torch.from_numpy(stack(arrays))
-
-
-def _map_channels(x: Tensor, channels: int) -> Tensor:
-    c = x.shape[1]
-    if c == channels:
-        return x
-    if c == 1:
-        return x.expand(-1, channels, -1, -1).contiguous()
-    if c == 3 and channels == 1:
-        w = torch.tensor(LUMA).view(1, 3, 1, 1)
-        return (x.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
-    raise ValueError(f"embed: images with {c} channels for an encoder of {channels}")

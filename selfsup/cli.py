@@ -99,7 +99,8 @@ def _evaluate(args) -> dict:
     import dataclasses
 
     from selfsup.config import build_config, view_configs
-    from selfsup.data import check_same_classes, dataset_stats, load_dataset
+    from selfsup.data import ImageSet, check_same_classes, dataset_stats, load_dataset
+    from selfsup.data.imageset import channel_mapping, match_channels
     from selfsup.device import resolve_device, resolve_precision
     from selfsup.eval.features import FeatureCache
     from selfsup.eval.finetune import finetune
@@ -127,16 +128,35 @@ def _evaluate(args) -> dict:
             raise ConfigError(f"eval: {', '.join(TEXT_PROTOCOLS)} need the trained image-text method and "
                               f"run on their own: not with other protocols, --checkpoints or --random-init")
         return _evaluate_text(args, run, cfg, protocols)
-    d = cfg.data
-    train = load_dataset(d.name, d.train_split, root=d.root, image_size=d.image_size, strict=d.strict)
+    d, e = cfg.data, cfg.eval.data
+    transfer = e.name is not None
+    src = e if transfer else d
+    key = "eval.data" if transfer else "data"
+    root = (e.root or d.root) if transfer else d.root
+    train = load_dataset(src.name, src.train_split, root=root, image_size=src.image_size, strict=d.strict)
     if train.labels is None:
-        raise ConfigError(f"data {d.name!r} split {d.train_split!r} has no labels to evaluate with")
-    if not d.test_split:
-        raise ConfigError("data.test_split is null: name a labelled split to test on")
-    test = load_dataset(d.name, d.test_split, root=d.root, image_size=d.image_size, strict=d.strict)
-    check_same_classes(train, test, f"data.train_split={d.train_split!r} of {d.name}",
-                       f"data.test_split={d.test_split!r}")
-    mean, std = run.read_stats() or dataset_stats(train)
+        raise ConfigError(f"{key}.name={src.name!r} split {src.train_split!r} has no labels to evaluate with")
+    if not src.test_split:
+        raise ConfigError(f"{key}.test_split is null: name a labelled split to test on")
+    test = load_dataset(src.name, src.test_split, root=root, image_size=src.image_size, strict=d.strict)
+    check_same_classes(train, test, f"{key}.train_split={src.train_split!r} of {src.name}",
+                       f"{key}.test_split={src.test_split!r}")
+    stats = run.read_stats()
+    if transfer and stats is None:
+        raise ConfigError(f"{run.normalization} is missing: a transfer evaluation needs the "
+                          f"normalisation the encoder was trained with")
+    mean, std = stats or dataset_stats(train)
+    transfer_note = ""
+    if transfer:  # the encoder's own channels and evaluation size; said in every protocol line
+        channels, c = len(mean), train.images.shape[1]
+        mapping = channel_mapping(c, channels)
+        train = ImageSet(match_channels(train.images, channels), train.labels, train.classes, train.name)
+        test = ImageSet(match_channels(test.images, channels), test.labels, test.classes, test.name)
+        eval_size = cfg.eval.size or cfg.views.size
+        h = test.images.shape[-1]
+        transfer_note = (f"; transfer: encoder pretrained on {d.name}, evaluated on {src.name}"
+                         + (f", {mapping}" if mapping else "")
+                         + (f", {h} px images resized to {eval_size} px" if h != eval_size else ""))
     subsets = {}  # the frozen protocols' subsets (eval.train_subset / test_subset)
     for name, split, n, seed in (("train", train, cfg.eval.train_subset, 0), ("test", test, cfg.eval.test_subset, 1)):
         if n is not None and n < len(split):
@@ -147,7 +167,8 @@ def _evaluate(args) -> dict:
     size = cfg.eval.size or cfg.views.size
     in_channels = train.images.shape[1]
     train_set, test_set = subsets.get("train", train), subsets.get("test", test)
-    subset_note = "".join(f"; {name}: a seeded, class-stratified subset of the {name} split" for name in subsets)
+    subset_note = transfer_note + "".join(f"; {name}: a seeded, class-stratified subset of the {name} split"
+                                          for name in subsets)
     if args.checkpoints:
         return _track(run, cfg, protocols, train_set, test_set, mean, std, device, precision, size,
                       n_train=min(len(train), cfg.data.subset or len(train)), note=subset_note)
@@ -178,6 +199,7 @@ def _evaluate(args) -> dict:
         results["finetune"] = finetune(backbone, train, test, mean, std, fcfg, device=device,
                                        precision=precision, progress=True, description=weights,
                                        method=method)
+        results["finetune"]["protocol"] += transfer_note
     written = {}
     for protocol in protocols:
         res = written[protocol] = {**results[protocol], "weights": weights, "recipe": args.recipe}
@@ -232,9 +254,9 @@ def _evaluate_text(args, run, cfg, protocols: list[str]) -> dict:
                 e.zeroshot_data, e.zeroshot_split, root=d.root, image_size=d.image_size, strict=d.strict)
             if test.images.shape[1] != held_out.images.shape[1]:  # grey <-> RGB, as the protocol says
                 from selfsup.data import ImageSet
-                x = test.images
-                x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x.float().mean(1, keepdim=True).round().byte()
-                test = ImageSet(x.contiguous(), test.labels, test.classes, test.name)
+                from selfsup.data.imageset import match_channels
+                x = match_channels(test.images, held_out.images.shape[1])
+                test = ImageSet(x, test.labels, test.classes, test.name)
             templates = e.zeroshot_templates or d.caption_templates or TEMPLATES
             res = zero_shot(method, tokenizer, test, templates, mean, std, size, device, precision)
             print(f"zero-shot top-1: {res['top1']:.2f}% (chance {res['chance']:.1f}%)")

@@ -212,6 +212,24 @@ def check_optimizer_settings(s: TrainerConfig | ParamSetConfig, section: str) ->
 
 
 @dataclass
+class EvalDataConfig:
+    """eval.data: evaluate on another labelled dataset than the run's own (transfer). name: null,
+    the run's data.*; else a dataset name or path, read with these settings (root: null, data.root)."""
+
+    name: Optional[str] = None
+    root: Optional[str] = None
+    train_split: str = "train"
+    test_split: str = "test"
+    image_size: Optional[int] = None
+
+    def __post_init__(self):
+        if self.name is not None and not str(self.name).strip():
+            raise ValueError("eval.data.name is empty: name a dataset or a path (null: the run's data)")
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"eval.data.image_size={self.image_size}: must be at least 1 (or null)")
+
+
+@dataclass
 class EvalConfig:
     """Evaluation after or during training: k-NN and linear probe on the frozen backbone, and
     end-to-end fine-tuning (`finetune`, see selfsup/eval/finetune.py).
@@ -226,6 +244,8 @@ class EvalConfig:
     loss_images: test images on which `selfsup eval ... --checkpoints` measures the method's
         held-out pretraining loss at every checkpoint (a seeded, class-stratified subset).
     fewshot: `selfsup eval fewshot`: linear probes on few-label subsets (selfsup/eval/fewshot.py).
+    data: the labelled dataset the frozen protocols and fine-tuning use (EvalDataConfig;
+        default: the run's own): transfer, its channel mapping and resizing in the protocol line.
     zeroshot_data / zeroshot_split: the labelled dataset `selfsup eval zeroshot` classifies by
         its class names (null: the run's own data and test split); zeroshot_templates: its
         prompts (null: data.caption_templates if set, else selfsup.data.captions.TEMPLATES).
@@ -244,6 +264,7 @@ class EvalConfig:
     linear: LinearConfig = field(default_factory=LinearConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     fewshot: FewshotConfig = field(default_factory=FewshotConfig)
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
 
     def __post_init__(self):
         for name in ("batch_size", "size", "train_subset", "test_subset", "loss_images"):

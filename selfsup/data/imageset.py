@@ -18,6 +18,31 @@ class DataWarning(UserWarning):
     """Something in a dataset was skipped (e.g. corrupt images); loading went on without it."""
 
 
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as Pillow's RGB -> "L"
+
+
+def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 [N, C, H, W] with `channels` channels: grey repeated to RGB, RGB to grey by ITU-R 601
+    luma (Pillow's "L"), anything else refused. The one mapping used wherever an encoder meets
+    images of the other kind (transfer, zero-shot, the Python API)."""
+    c = images.shape[1]
+    if c == channels:
+        return images
+    if c == 1:
+        return images.expand(-1, channels, -1, -1).contiguous()
+    if c == 3 and channels == 1:
+        w = torch.tensor(LUMA, device=images.device).view(1, 3, 1, 1)
+        return (images.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    raise ValueError(f"images with {c} channels for an encoder of {channels}")
+
+
+def channel_mapping(c: int, channels: int) -> str:
+    """The words of `match_channels` for a protocol line."""
+    if c == channels:
+        return ""
+    return ("grey repeated to 3 channels" if c == 1 else "RGB to grey by ITU-R 601 luma")
+
+
 @dataclass(repr=False, eq=False)
 class ImageSet:
     """A whole dataset split held as one tensor, so that batches are gathered on the device
