@@ -222,8 +222,9 @@ TEXT_PROTOCOLS = ("retrieval", "zeroshot")
 def _evaluate_text(args, run, cfg, protocols: list[str]) -> dict:
     """Retrieval on the run's held-out image-caption pairs and zero-shot classification of a
     labelled dataset (selfsup/eval/text.py), with the run's method and tokenizer."""
-    from selfsup.data import load_dataset
+    from selfsup.data import ImageSet, load_dataset
     from selfsup.data.captions import TEMPLATES
+    from selfsup.data.imageset import match_channels
     from selfsup.data.text import Tokenizer
     from selfsup.device import resolve_device, resolve_precision
     from selfsup.eval.text import retrieval, zero_shot
@@ -253,8 +254,6 @@ def _evaluate_text(args, run, cfg, protocols: list[str]) -> dict:
             test = held_out if e.zeroshot_data is None else load_dataset(
                 e.zeroshot_data, e.zeroshot_split, root=d.root, image_size=d.image_size, strict=d.strict)
             if test.images.shape[1] != held_out.images.shape[1]:  # grey <-> RGB, as the protocol says
-                from selfsup.data import ImageSet
-                from selfsup.data.imageset import match_channels
                 x = match_channels(test.images, held_out.images.shape[1])
                 test = ImageSet(x, test.labels, test.classes, test.name)
             templates = e.zeroshot_templates or d.caption_templates or TEMPLATES

@@ -12,21 +12,26 @@ from torch import Tensor, nn
 from selfsup.data import ImageSet
 from selfsup.data.text import Tokenizer
 from selfsup.device import autocast
-from selfsup.eval.features import frozen_eval
-from selfsup.views import eval_transform
+from selfsup.eval.features import extract_features, frozen_eval
 
 
-@torch.no_grad()
+class _ImageSide(nn.Module):
+    """An image-text method's image side (backbone and projection, normalised) under the backbone
+    contract, so that extract_features batches, resizes and normalises its inputs."""
+
+    def __init__(self, method: nn.Module):
+        super().__init__()
+        self.method, self.dim = method, method.cfg.embed_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.method.embed_images(x)
+
+
 def embed_images(method: nn.Module, images: Tensor, mean, std, size: int, device, precision: str = "fp32",
                  batch_size: int = 256) -> Tensor:
     """uint8 [N, C, H, W] -> [N, E] normalised image embeddings."""
-    out = []
-    with frozen_eval(method):
-        for s in range(0, len(images), batch_size):
-            x = eval_transform(images[s:s + batch_size].to(device), mean, std, size)
-            with autocast(device, precision):
-                out.append(method.embed_images(x).float())
-    return torch.cat(out)
+    return extract_features(_ImageSide(method), images, mean, std, batch_size=batch_size, device=device,
+                            precision=precision, size=size)
 
 
 @torch.no_grad()
