@@ -11,6 +11,8 @@
     selfsup eval linear runs/quick-20261122-101500 --checkpoints        # loss against probe
     selfsup report runs/quick-20261122-101500                 # RUN/report.html
     selfsup report RUN_A RUN_B -o compare.html                # several runs side by side
+    selfsup study target_data_cpu                             # runs + evaluations -> one table
+    selfsup export runs/quick-20261122-101500 --format onnx  # or timm
     selfsup recipes
     selfsup config --recipe cifar10_simclr trainer.batch_size=256
 
@@ -172,6 +174,9 @@ def _evaluate(args) -> dict:
     if args.checkpoints:
         return _track(run, cfg, protocols, train_set, test_set, mean, std, device, precision, size,
                       n_train=min(len(train), cfg.data.subset or len(train)), note=subset_note)
+    if "fewshot" in protocols and cfg.eval.fewshot.finetune and cfg.eval.finetune.gen_weight > 0:
+        raise ConfigError("eval.fewshot.finetune=true fine-tunes the encoder alone: not with "
+                          "eval.finetune.gen_weight > 0")
     gen_weight = cfg.eval.finetune.gen_weight if "finetune" in protocols else 0.0
     method = None
     if gen_weight > 0:
@@ -192,10 +197,17 @@ def _evaluate(args) -> dict:
     results = evaluate(cache, train_set, test_set, cfg.eval, frozen, size=size, progress=True)
     for p in frozen:
         results[p]["protocol"] += subset_note
+    fcfg = cfg.eval.finetune
+    fcfg = dataclasses.replace(fcfg, size=fcfg.size or size,
+                               flip_p=cfg.views.flip_p if fcfg.flip_p is None else fcfg.flip_p)
+    if "fewshot" in frozen and cfg.eval.fewshot.finetune:  # copies of the backbone: before finetune
+        from selfsup.eval.fewshot import fewshot_finetune
+
+        results["fewshot"]["finetune"] = fewshot_finetune(
+            backbone, train_set, test, mean, std, cfg.eval.fewshot, fcfg, device=device,
+            precision=precision, progress=True, description=weights)
+        results["fewshot"]["finetune"]["protocol"] += transfer_note
     if "finetune" in protocols:  # last: it changes the backbone's weights
-        fcfg = cfg.eval.finetune
-        fcfg = dataclasses.replace(fcfg, size=fcfg.size or size,
-                                   flip_p=cfg.views.flip_p if fcfg.flip_p is None else fcfg.flip_p)
         results["finetune"] = finetune(backbone, train, test, mean, std, fcfg, device=device,
                                        precision=precision, progress=True, description=weights,
                                        method=method)
@@ -324,15 +336,21 @@ def _track(run, cfg, protocols, train, test, mean, std, device, precision, size,
 
 def _print_fewshot(run, protocol: str) -> None:
     """The few-label table: this encoder and, where it was measured (`--random-init`), the same
-    network at random init, one row each, a column per setting (mean ± std over the draws)."""
+    network at random init, a row each for the probe and (eval.fewshot.finetune) fine-tuning, a
+    column per setting (mean ± std over the draws)."""
     rows = []
     for random_init in (False, True):
         path = run.eval_result(protocol, random_init)
         if path.exists():
             try:
-                rows.append(("random init" if random_init else "trained", json.loads(path.read_text())))
+                res = json.loads(path.read_text())
             except (OSError, ValueError):
                 print(f"selfsup: warning: {path} is damaged; left out of the table", file=sys.stderr)
+                continue
+            name = "random init" if random_init else "trained"
+            rows.append((f"{name}, linear probe", res))
+            if isinstance(res.get("finetune"), dict):
+                rows.append((f"{name}, fine-tuned", res["finetune"]))
     settings = [s["setting"] for s in rows[0][1].get("settings", [])]
     print("\n| encoder | " + " | ".join(f"{s} ({r['labels']} labels)" for s, r in
                                        zip(settings, rows[0][1]["settings"])) + " |")
@@ -371,6 +389,22 @@ def _plot_layers(run, protocol: str, cfg) -> Path:
     return plot_layers(curves, run.eval_plot(protocol), title)
 
 
+def _study(args) -> dict:
+    """`selfsup study FILE`: the study's table (selfsup/study.py)."""
+    from selfsup.study import run_study
+
+    return run_study(args.study, args.out)
+
+
+def _export(args) -> Path:
+    """`selfsup export RUN --format timm|onnx`: the file written (selfsup/export.py)."""
+    from selfsup.export import export
+
+    out = export(args.run, args.format, args.output, overwrite=args.overwrite)
+    print(f"written: {out}")
+    return out
+
+
 def _recipes(args) -> int:
     paths = sorted(RECIPES_DIR.glob("*.yaml"))
     finetune = [p for p in paths if _is_finetune_recipe(p)]
@@ -383,6 +417,15 @@ def _recipes(args) -> int:
             first = next((ln.lstrip("# ").strip() for ln in p.read_text().splitlines()
                           if ln.startswith("#")), "")
             print(f"  {p.stem:24s} {first}")
+    from selfsup.study import STUDIES_DIR
+
+    studies = sorted(STUDIES_DIR.glob("*.yaml"))
+    if studies:
+        print("studies (selfsup study NAME):")
+    for p in studies:
+        title = next((ln.split(":", 1)[1].strip() for ln in p.read_text().splitlines()
+                      if ln.startswith("title:")), "")
+        print(f"  {p.stem:24s} {title}")
     return 0
 
 
@@ -432,14 +475,30 @@ def parser() -> argparse.ArgumentParser:
                     "the data (retrievals, embedding map, attention)")
     rp.set_defaults(func=_report)
 
-    r = sub.add_parser("recipes", help="list the shipped recipes")
+    st = sub.add_parser("study", help="run a study (a YAML of pretraining runs and evaluations) to "
+                        "completion and write its table and plot; started again, it does only what is missing")
+    st.add_argument("study", help="shipped study name (see selfsup recipes) or YAML path")
+    st.add_argument("--out", "-o", help="the study's folder (default: studies/<file name>)")
+    st.set_defaults(func=_study)
+
+    x = sub.add_parser("export", help="the encoder for other tools: timm-named safetensors or ONNX")
+    x.add_argument("run", help="run folder, checkpoint folder, or .safetensors inside a run")
+    x.add_argument("--format", "-f", required=True, choices=["timm", "onnx"],
+                   help="timm: safetensors with timm's key names and shapes (and its model arguments "
+                   "in the metadata); onnx: the encoder as an ONNX graph, images in, pooled features out")
+    x.add_argument("--output", "-o", help="the file (default: RUN/export/encoder_timm.safetensors or "
+                   "RUN/export/encoder.onnx)")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    x.set_defaults(func=_export)
+
+    r = sub.add_parser("recipes", help="list the shipped recipes and studies")
     r.set_defaults(func=_recipes)
 
     c = sub.add_parser("config", help="print a recipe's resolved configuration")
     c.add_argument("--recipe", "-r", default="quick")
     c.add_argument("overrides", nargs="*")
     c.set_defaults(func=_config)
-    for command in (p, e, rp, r, c):  # also accepted after the command
+    for command in (p, e, rp, st, x, r, c):  # also accepted after the command
         command.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
                              help=argparse.SUPPRESS)
     return ap

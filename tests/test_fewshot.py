@@ -2,6 +2,7 @@
 seeded subsets of the training split; mean and std over draws as a direct computation gives
 them; the random-init baseline in the same table."""
 
+import dataclasses
 import json
 import statistics
 
@@ -10,9 +11,13 @@ import torch
 
 from conftest import TINY
 from selfsup.cli import main
+from selfsup.data import load_dataset
+from selfsup.eval.finetune import finetune
 from selfsup.eval.fewshot import FewshotConfig, fewshot_probe, probe_settings
 from selfsup.eval.linear import LinearConfig, linear_probe
 from selfsup.eval.subsets import stratified_subset
+from selfsup.run import load_encoder, load_run_config
+from selfsup.runfolder import RunFolder
 
 LINEAR = LinearConfig(epochs=20)
 
@@ -71,10 +76,35 @@ def test_fewshot_command_puts_the_random_init_baseline_in_the_same_table(tmp_pat
     assert main(["eval", "knn,fewshot", str(run), *small]) == 0
     out = capsys.readouterr().out
     assert "| encoder | 2 per class (20 labels) | 10 per class (100 labels) |" in out
-    assert "| trained |" in out and "| random init |" in out
+    assert "| trained, linear probe |" in out and "| random init, linear probe |" in out
     res = json.loads((run / "eval_fewshot.json").read_text())
     assert [r["labels"] for r in res["settings"]] == [20, 100] and len(res["settings"][0]["draws"]) == 2
     assert "few-label linear probe" in res["protocol"] and (run / "eval_knn.json").exists()
+    assert "finetune" not in res
+
+
+def test_fewshot_fine_tuning_tunes_a_fresh_copy_on_each_draws_subset(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["pretrain", "--run-dir", str(run), *TINY, "trainer.epochs=0.3", "trainer.precision=fp32"]) == 0
+    small = ["eval.fewshot.per_class=[2,10]", "eval.fewshot.draws=2", "eval.linear.epochs=10",
+             "eval.fewshot.finetune=true", "eval.finetune.epochs=2", "eval.finetune.batch_size=16"]
+    assert main(["eval", "fewshot", str(run), *small]) == 0
+    assert "| trained, fine-tuned |" in capsys.readouterr().out
+    tuned = json.loads((run / "eval_fewshot.json").read_text())["finetune"]
+    assert [r["labels"] for r in tuned["settings"]] == [20, 100]
+    assert "few-label fine-tuning" in tuned["protocol"]
+    # Each draw against a direct computation: the encoder as loaded, fine-tuned on that subset.
+    cfg = load_run_config(run, small)
+    train, test = (load_dataset(cfg.data.name, split) for split in (cfg.data.train_split, cfg.data.test_split))
+    mean, std = RunFolder(run).read_stats()
+    fcfg = dataclasses.replace(cfg.eval.finetune, size=cfg.eval.size or cfg.views.size, flip_p=cfg.views.flip_p)
+    for row in tuned["settings"]:
+        d = row["draws"][-1]  # the last: a copy tuned by an earlier draw would not give this
+        idx, _ = stratified_subset(train.labels, d["seed"], per_class=row["per_class"])
+        direct = finetune(load_encoder(run, cfg, 1), train.subset(idx), test, mean, std, fcfg)
+        assert d["top1"] == pytest.approx(direct["top1"], abs=1e-9) and d["labels"] == len(idx)
+        accs = [d["top1"] for d in row["draws"]]
+        assert row["mean"] == pytest.approx(sum(accs) / 2)
 
 
 @pytest.mark.parametrize("setting, key", [("eval.fewshot.per_class=[0]", "eval.fewshot.per_class"),

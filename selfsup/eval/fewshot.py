@@ -7,6 +7,10 @@ subset of a draw holds its smaller ones); on each, the linear probe of `eval.lin
 on the cached features of those images only and tested on the whole test split. Reported: the
 mean and the sample standard deviation (n - 1) over the draws, per setting.
 
+With `eval.fewshot.finetune: true`, each subset of each draw also fine-tunes a copy of the whole
+encoder (`eval.finetune`'s recipe, selfsup/eval/finetune.py, on that subset alone), reported the
+same way beside the probe.
+
 Hyper-parameters are chosen as the full probe chooses them, on a held-out share of the labelled
 subset, which a few-label user also has: each class holds out max(eval.linear.val_fraction,
 1 / its count) of its images, at most half; a subset with a class of a single image has no
@@ -15,6 +19,7 @@ search and uses eval.linear.weight_decay.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -29,11 +34,14 @@ from selfsup.eval.subsets import stratified_subset
 @dataclass
 class FewshotConfig:
     """per_class: labelled images per class of each setting (iGPT: 4, 25, 400); fractions: share
-    of each class of each further setting (SimCLR: 0.01, 0.1); draws: subsets per setting."""
+    of each class of each further setting (SimCLR: 0.01, 0.1); draws: subsets per setting;
+    finetune: also fine-tune the encoder on each subset (eval.finetune settings; one fine-tuning
+    per setting and draw, so it costs far more than the probes)."""
 
     per_class: list[int] = field(default_factory=lambda: [4, 25, 400])
     fractions: list[float] = field(default_factory=list)
     draws: int = 5
+    finetune: bool = False
 
     def __post_init__(self):
         if any(n < 1 for n in self.per_class):
@@ -63,29 +71,61 @@ def probe_settings(cfg: LinearConfig, y: Tensor) -> LinearConfig:
     return dataclasses.replace(cfg, val_fraction=min(0.5, max(cfg.val_fraction, 1 / smallest)))
 
 
+def subsets(y: Tensor, cfg: FewshotConfig):
+    """(setting, seed, indexes) of every draw of every setting, in order."""
+    for s in cfg.settings():
+        for seed in range(cfg.draws):
+            idx, _ = stratified_subset(y, seed, **s)
+            if len(idx) == 0:
+                raise ValueError(f"eval.fewshot: {setting_name(s)} of {len(y)} training images selects none")
+            yield s, seed, idx
+
+
+def summary(cfg: FewshotConfig, draws: list[dict]) -> list[dict]:
+    """Per setting: {"setting", "per_class" or "fraction", "labels", "mean", "std" (sample, n - 1),
+    "draws"}, from the draws' rows ({"setting": dict, "seed", "labels", "top1", ...}) in order."""
+    rows = []
+    for s in cfg.settings():
+        mine = [{k: v for k, v in d.items() if k != "setting"} for d in draws if d["setting"] == s]
+        accs = [d["top1"] for d in mine]
+        mean = sum(accs) / len(accs)
+        std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else 0.0
+        rows.append({"setting": setting_name(s), **s, "labels": round(sum(d["labels"] for d in mine) / len(mine)),
+                     "mean": mean, "std": std, "draws": mine})
+    return rows
+
+
+def fewshot_finetune(backbone, train, test, mean, std, cfg: FewshotConfig, fcfg, *, device=None,
+                     precision: str = "fp32", progress: bool = False, description: str | None = None) -> dict:
+    """Fine-tuning (`fcfg`, a FinetuneConfig) of a fresh copy of `backbone` on each subset of each
+    draw, tested on `test` (or fcfg.test_subset of it): {"settings": rows as `summary`, "protocol"}."""
+    from selfsup.eval.finetune import finetune
+
+    fcfg = dataclasses.replace(fcfg, train_subset=None)  # the subset is the draw's
+    draws, res = [], None
+    for s, seed, idx in subsets(train.labels, cfg):
+        res = finetune(copy.deepcopy(backbone), train.subset(idx), test, mean, std, fcfg, device=device,
+                       precision=precision, progress=progress, description=description)
+        draws.append({"setting": s, "seed": seed, "labels": len(idx), "top1": res["top1"], "steps": res["steps"]})
+    protocol = (f"few-label fine-tuning: the same class-balanced subsets ({cfg.draws} draws per setting, "
+                f"mean and sample std), each fine-tuning a fresh copy of the encoder; the last draw's "
+                f"{res['protocol']}")
+    return {"settings": summary(cfg, draws), "protocol": protocol}
+
+
 def fewshot_probe(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor, *,
                   cfg: FewshotConfig, linear: LinearConfig, num_classes: int | None = None,
                   progress: bool = False, features: str | None = None) -> dict:
     """{"top1" / "top1_std": the first setting's mean and std, "settings": [{"setting", "per_class" or "fraction",
     "labels", "mean", "std", "draws": [{"seed", "labels", "top1"}]}], "protocol"}."""
-    rows = []
-    for s in cfg.settings():
-        draws = []
-        for seed in range(cfg.draws):
-            idx, _ = stratified_subset(train_y, seed, **s)
-            if len(idx) == 0:
-                raise ValueError(f"eval.fewshot: {setting_name(s)} of {len(train_y)} training images "
-                                 f"selects none")
-            y = train_y[idx]
-            res = linear_probe(train_f[idx], y, test_f, test_y, cfg=probe_settings(linear, y),
-                               num_classes=num_classes, seed=seed, progress=progress)
-            draws.append({"seed": seed, "labels": len(idx), "top1": res["top1"],
-                          "weight_decay": res["weight_decay"], "held_out": res.get("held_out", 0)})
-        accs = [d["top1"] for d in draws]
-        mean = sum(accs) / len(accs)
-        std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else 0.0
-        rows.append({"setting": setting_name(s), **s, "labels": round(sum(d["labels"] for d in draws) / len(draws)),
-                     "mean": mean, "std": std, "draws": draws})
+    draws = []
+    for s, seed, idx in subsets(train_y, cfg):
+        y = train_y[idx]
+        res = linear_probe(train_f[idx], y, test_f, test_y, cfg=probe_settings(linear, y),
+                           num_classes=num_classes, seed=seed, progress=progress)
+        draws.append({"setting": s, "seed": seed, "labels": len(idx), "top1": res["top1"],
+                      "weight_decay": res["weight_decay"], "held_out": res.get("held_out", 0)})
+    rows = summary(cfg, draws)
     protocol = (f"few-label linear probe (eval.linear): class-balanced subsets of the {len(train_y)} training images, "
                 f"{cfg.draws} seeded draws per setting (draw d: seed d), mean and sample std over "
                 f"draws; hyper-parameters chosen on a held-out share of each subset (at least one "

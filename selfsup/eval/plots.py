@@ -57,6 +57,52 @@ def plot_track(points: list[dict], path: Path, title: str, ylabel: str) -> Path:
     return _save(fig, path)
 
 
+def plot_study(table: dict, x: str | None, series: str | None, path: Path) -> Path:
+    """A study's top-1 columns (selfsup/study.py), one panel each. With `x` (a tag): top-1 against
+    that tag's values, one line per value of `series`; rows without an `x` value (a random-init
+    row) are dashed horizontal lines. Without: a bar per row. Written like `plot_layers`."""
+    from matplotlib.figure import Figure
+
+    rows = table["rows"]
+    columns = [c for c in table["columns"] if any(isinstance(r.get(c), float) for r in rows)
+               and c != "train min"]
+    n = max(1, len(columns))
+    wide = min(4, n)
+    fig = Figure(figsize=(3.6 * wide, 3.2 * ((n + wide - 1) // wide)), dpi=110)
+    for i, col in enumerate(columns):
+        ax = fig.add_subplot((n + wide - 1) // wide, wide, i + 1)
+        if x:
+            xs = list(dict.fromkeys(r[x] for r in rows if r.get(x)))
+            lines = dict.fromkeys(r.get(series, "") if series else "" for r in rows)
+            for j, name in enumerate(lines):
+                mine = [r for r in rows if (r.get(series, "") if series else "") == name and col in r]
+                at = [r for r in mine if r.get(x)]
+                color = f"C{j}"
+                if at:
+                    ax.errorbar([xs.index(r[x]) for r in at], [r[col] for r in at],
+                                yerr=[r.get(f"{col} std", 0.0) for r in at], marker="o", markersize=4,
+                                capsize=2, label=name or None, color=color)
+                for r in mine:
+                    if not r.get(x):
+                        ax.axhline(r[col], linestyle="--", color=color, label=name or r["run"])
+            ax.set_xticks(range(len(xs)), xs, fontsize=8)
+            ax.set_xlabel(x, fontsize=8)
+        else:
+            have = [r for r in rows if col in r]
+            ax.bar(range(len(have)), [r[col] for r in have],
+                   yerr=[r.get(f"{col} std", 0.0) for r in have], color="C0", capsize=2)
+            ax.set_xticks(range(len(have)), [r["run"] for r in have], rotation=60, fontsize=7)
+        ax.set_title(col, fontsize=9)
+        ax.set_ylabel("top-1 (%)", fontsize=8)
+        ax.grid(alpha=0.3)
+        if i == 0 and x:
+            ax.legend(fontsize=7)
+    if table.get("title"):
+        fig.suptitle(table["title"], fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     """PNG to a temporary name, then renamed into place."""
     path = Path(path)
