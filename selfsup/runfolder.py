@@ -11,6 +11,7 @@
     RUN/eval_<protocol>.json     an evaluation's result (eval_<protocol>_random.json: random init)
     RUN/eval_<protocol>_layers.png  accuracy against depth (eval.layer=all)
     RUN/eval_<protocol>_checkpoints.json / .png  held-out loss and top-1 at every checkpoint
+    RUN/export/                  `selfsup export`: encoder_timm.safetensors, encoder.onnx
     RUN/.lock                    held by the process training in the folder (its pid inside)
 
 One run writes in a folder at a time: `lock` takes an exclusive lock for the life of a run, and a
@@ -37,7 +38,7 @@ except ImportError:  # Windows
 
 # What a run writes, as glob patterns under the folder: all that `clear` may remove.
 RUN_FILES = ("config.yaml", "metrics.jsonl", "tb", "checkpoints", "encoder.safetensors",
-             "normalization.json", "tokenizer.json", "report.html", "pictures", "*.png", "eval_*.json",
+             "normalization.json", "tokenizer.json", "report.html", "pictures", "*.png", "eval_*.json", "export",
              ".tmp-*")
 LOCK = ".lock"
 
@@ -95,6 +96,11 @@ class RunFolder:
     @property
     def tokenizer(self) -> Path:
         return self.path / "tokenizer.json"
+
+    @property
+    def exports(self) -> Path:
+        """`selfsup export`'s default folder (selfsup/export.py names the files)."""
+        return self.path / "export"
 
     def picture(self, name: str, step: int | None = None) -> Path:
         """A picture grid: the last one (step None) in the folder, earlier ones under pictures/."""
