@@ -292,16 +292,22 @@ class Config:
 
 def recipe_path(recipe: str) -> Path:
     """A shipped recipe's name (quick, cifar10_simclr, ...) or a path to a YAML file."""
-    path = Path(recipe).expanduser()
+    return shipped_or_path(recipe, RECIPES_DIR, "recipe")
+
+
+def shipped_or_path(name: str, folder: Path, what: str) -> Path:
+    """`folder/<name>.yaml` for a shipped file's name, else `name` as a path to a YAML file; a
+    refusal names it as `what` (recipe, study)."""
+    path = Path(name).expanduser()
     if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
         if path.is_file():
             return path
-        raise ConfigError(f"recipe {recipe}: {'no such file' if not path.exists() else 'not a file'}")
-    shipped = RECIPES_DIR / f"{recipe}.yaml"
+        raise ConfigError(f"{what} {name}: {'no such file' if not path.exists() else 'not a file'}")
+    shipped = folder / f"{name}.yaml"
     if shipped.exists():
         return shipped
-    names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
-    raise ConfigError(f"no recipe {recipe!r}: not a shipped recipe ({', '.join(names)}) nor a .yaml path")
+    names = sorted(p.stem for p in folder.glob("*.yaml"))
+    raise ConfigError(f"no {what} {name!r}: not a shipped {what} ({', '.join(names)}) nor a .yaml path")
 
 
 def _merge(schema_obj: Any, *sources: Any, prefix: str = "") -> DictConfig:

@@ -46,7 +46,8 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from selfsup.config import ConfigError, _as_dictconfig, _merge, _to_object, build_config, recipe_path, to_yaml
+from selfsup.config import (ConfigError, _as_dictconfig, _merge, _to_object, build_config, recipe_path,
+                            shipped_or_path, to_yaml)
 
 STUDIES_DIR = Path(__file__).parent / "studies"
 FROZEN = ("knn", "linear", "fewshot")
@@ -99,16 +100,7 @@ class Study:
 
 def study_path(study: str) -> Path:
     """A shipped study's name (target_data_cpu, ...) or a path to a YAML file."""
-    path = Path(study).expanduser()
-    if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
-        if path.is_file():
-            return path
-        raise ConfigError(f"study {study}: {'no such file' if not path.exists() else 'not a file'}")
-    shipped = STUDIES_DIR / f"{study}.yaml"
-    if shipped.exists():
-        return shipped
-    names = sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))
-    raise ConfigError(f"no study {study!r}: not a shipped study ({', '.join(names)}) nor a .yaml path")
+    return shipped_or_path(study, STUDIES_DIR, "study")
 
 
 def load_study(path: Path) -> Study:
