@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from selfsup.views import (ViewConfig, build_view_set, build_views, byol, eval_transform, ops,
-                           simclr)
+from selfsup.views import ViewConfig, build_view_set, build_views, byol, eval_transform, ops, simclr
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
 
@@ -84,18 +84,26 @@ def test_every_image_gets_its_own_draw():
     assert ((v1 - v2).flatten(1).abs().amax(1) > 1e-3).all(), "views of an image coincide"
 
 
-def test_seed_fixes_every_draw():
+# the older random ops, and everything at once
+SEEDED_CONFIGS = [{"blur_p": 0.5, "solarize_p": 0.3},
+                  {"blur_p": 0.5, "solarize_p": 0.3, "rotate_p": 0.5, "sobel_p": 0.3,
+                   "noise_p": 0.5, "cutout_p": 0.5}]
+
+
+@pytest.mark.parametrize("kw", SEEDED_CONFIGS)
+def test_seed_fixes_every_draw(kw):
     x = images(32)
-    views = build_views(ViewConfig(blur_p=0.5, solarize_p=0.3), MEAN, STD)
+    views = build_views(ViewConfig(**kw), MEAN, STD)
     a, b, c = views(x, gen(1)), views(x, gen(1)), views(x, gen(2))
     for u, v in zip(a, b):
         assert torch.equal(u, v)
     assert not torch.equal(a[0], c[0])
 
 
-def test_draws_do_not_depend_on_cpu_chunking():
+@pytest.mark.parametrize("kw", SEEDED_CONFIGS)
+def test_draws_do_not_depend_on_cpu_chunking(kw):
     x = images(20)
-    views = build_views(ViewConfig(n_views=3, blur_p=0.5), MEAN, STD)
+    views = build_views(ViewConfig(n_views=3, **kw), MEAN, STD)
     whole = views(x, gen(5))
     views.cpu_chunk_pixels = 7 * 32 * 32  # chunks that straddle the views
     chunked = views(x, gen(5))
@@ -361,11 +369,173 @@ def test_normalize():
         ops.normalize(x, (0.5, 0.5), (0.2, 0.2))
 
 
+# ------------------------------------------------------------- rotation, Sobel, noise, cutout
+
+
+def plain_config(**kw) -> ViewConfig:
+    # identity crop and no colour ops: with mean 0 and std 1 the views are the images in [0, 1]
+    return ViewConfig(**{"scale": [1, 1], "ratio": [1, 1], "flip_p": 0, "jitter_p": 0,
+                         "gray_p": 0, **kw})
+
+
+def sobel_reference(img: torch.Tensor) -> torch.Tensor:
+    # scipy's Sobel filters on the luma, mode "nearest" being replicate padding
+    from scipy import ndimage
+
+    a = img.double().numpy()
+    luma = a[0] if len(a) == 1 else 0.2989 * a[0] + 0.587 * a[1] + 0.114 * a[2]
+    gy, gx = (ndimage.sobel(luma, axis=k, mode="nearest") for k in (0, 1))
+    return torch.from_numpy(np.hypot(gx, gy) / math.sqrt(20)).float().expand_as(img)
+
+
+def cutout_reference(img: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
+    top, left, bottom, right = (int(v) for v in hole)
+    out = img.clone()
+    out[:, top:bottom, left:right] = 0.0
+    return out
+
+
+# op -> (reference for image i of a plain view under the drawn params, tolerance)
+REFERENCES = {
+    "rotate_p": (lambda img, prm, i: torch.rot90(img, int(prm["turns"][i]), dims=(1, 2)), 0.0),
+    "cutout_p": (lambda img, prm, i: cutout_reference(img, prm["cutout"][i]), 0.0),
+    "noise_p": (lambda img, prm, i: (img + prm["noise_std"][i] * prm["noise"][i]).clamp(0, 1),
+                1e-6),
+    "sobel_p": (lambda img, prm, i: sobel_reference(img) if prm["sobel"][i] else img, 1e-5),
+}
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("op", sorted(REFERENCES))
+def test_new_ops_match_a_per_image_reference(op, channels):
+    x = images(16, c=channels)
+    views = build_views(plain_config(**{op: 0.7}), [0.0], [1.0])
+    params = views.draw(32, 32, 32, gen(3), "cpu", channels)  # what the call below draws
+    out = torch.cat(views(x, gen(3)))
+    plain = torch.cat(build_views(plain_config(), [0.0], [1.0])(x, gen(3)))
+    reference, tol = REFERENCES[op]
+    for i in range(32):
+        torch.testing.assert_close(out[i], reference(plain[i], params, i), atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("op", sorted(REFERENCES))
+def test_new_ops_pick_each_image_with_their_probability(op):
+    x = images(1000, h=8, w=8)
+    (out,) = build_views(plain_config(n_views=1, size=8, **{op: 0.5}), [0.0], [1.0])(x, gen(1))
+    (plain,) = build_views(plain_config(n_views=1, size=8), [0.0], [1.0])(x, gen(1))
+    changed = (out - plain).flatten(1).abs().amax(1) > 1e-6
+    # binomial sd = sqrt(1000 / 4) ~ 16; allow 4 sd
+    assert abs(changed.sum().item() - 500) < 64
+
+
+@pytest.mark.parametrize("op,distinct", [("rotate_p", 3), ("cutout_p", 32), ("noise_p", 64)])
+def test_new_ops_draw_per_image(op, distinct):
+    x = smooth_images(64)  # 64 identical images
+    (out,) = build_views(plain_config(n_views=1, **{op: 1.0}), [0.0], [1.0])(x, gen())
+    assert len(torch.unique(out.flatten(1), dim=0)) >= distinct
+
+
+def test_new_ops_off_by_default_draw_nothing():
+    views = build_views(ViewConfig(), MEAN, STD)
+    assert set(views.draw(4, 32, 32, gen(), "cpu", 3)) == {"boxes", "flip", "jitter", "gray"}
+    # other ranges, probability 0: the same views from the same seed as the defaults
+    off = ViewConfig(noise_std=[0.3, 0.4], cutout_size=[0.1, 0.2], cutout_value=0.5)
+    x = images(16)
+    for u, v in zip(views(x, gen(4)), build_views(off, MEAN, STD)(x, gen(4))):
+        assert torch.equal(u, v)
+
+
+@pytest.mark.parametrize("kw", [{"cutout_size": [0.5, 0.2]}, {"cutout_size": [0.0, 0.5]},
+                                {"cutout_size": [0.5, 1.5]}, {"cutout_size": [0.5]},
+                                {"noise_std": [-0.1, 0.2]}, {"noise_std": [0.3, 0.2]},
+                                {"cutout_value": 1.5}, {"rotate_p": 1.5}, {"sobel_p": -0.1},
+                                {"noise_p": 2.0}, {"cutout_p": 1.1}])
+def test_new_settings_are_validated(kw):
+    (key,) = kw
+    with pytest.raises(ValueError, match=rf"views\.{key}="):
+        ViewConfig(**kw)
+    with pytest.raises(ValueError, match=rf"views\.{key}="):
+        build_views(kw, MEAN, STD)
+
+
+def test_rotate90_equals_rot90_counter_clockwise():
+    x = torch.rand(8, 3, 6, 6, generator=gen())
+    turns = torch.tensor([0, 1, 2, 3, 3, 2, 1, 0])
+    out = ops.rotate90(x, turns)
+    for i in range(8):
+        assert torch.equal(out[i], torch.rot90(x[i], int(turns[i]), dims=(1, 2)))
+    # counter-clockwise as displayed: the top-right pixel moves to the top left
+    square = torch.tensor([[1.0, 2], [3, 4]]).view(1, 1, 2, 2)
+    assert ops.rotate90(square, torch.tensor([1])).flatten().tolist() == [2, 4, 1, 3]
+    with pytest.raises(ValueError, match="square"):
+        ops.rotate90(torch.rand(2, 3, 4, 6), torch.zeros(2, dtype=torch.long))
+
+
+def test_rotation_draws():
+    turns = ops.draw_rotations(6000, 0.5, gen(), "cpu")
+    counts = torch.bincount(turns, minlength=4).tolist()
+    assert abs(counts[0] - 3000) < 155  # 4 sd
+    assert all(abs(c - 1000) < 105 for c in counts[1:])  # 1, 2, 3 equally likely
+
+
+def test_cutout_holes_follow_devries_taylor():
+    # per image, in plain Python from the same uniforms: a side of round(s * 32) pixels at a
+    # uniformly drawn centre pixel, from y - side // 2 (inclusive), clipped to the image
+    n, lo, hi, p = 500, 0.25, 0.5, 0.8
+    holes = ops.draw_cutout(n, 32, 32, (lo, hi), p, gen(7), "cpu")
+    u = torch.rand(n, 4, generator=gen(7)).tolist()
+    for hole, (us, uy, ux, up) in zip(holes.tolist(), u):
+        side = max(1, round((lo + (hi - lo) * us) * 32))
+        y, x = int(uy * 32) - side // 2, int(ux * 32) - side // 2
+        box = [max(y, 0), max(x, 0), min(y + side, 32), min(x + side, 32)] if up < p else [0] * 4
+        assert hole == box
+    # a non-square image: the side is a fraction of the shorter one, the hole stays inside
+    holes = ops.draw_cutout(2000, 20, 40, (0.5, 0.5), 1.0, gen(), "cpu")
+    top, left, bottom, right = holes.unbind(1)
+    assert (top >= 0).all() and (bottom <= 20).all() and (left >= 0).all() and (right <= 40).all()
+    assert (bottom - top).max() == 10 and (right - left).max() == 10 and (bottom > top).all()
+
+
+def test_cutout_fills_with_the_value_and_leaves_the_rest():
+    x = torch.rand(3, 3, 8, 8, generator=gen())
+    holes = torch.tensor([[2.0, 1, 5, 4], [0, 0, 0, 0], [6, 6, 8, 8]])
+    out = ops.cutout_with(x, holes, value=0.25)
+    for i, (t, l, b, r) in enumerate(holes.long().tolist()):
+        expect = x[i].clone()
+        expect[:, t:b, l:r] = 0.25
+        assert torch.equal(out[i], expect)
+
+
+def test_noise_draws():
+    std, noise = ops.draw_noise(4000, 3, 4, 4, (0.05, 0.2), 0.5, gen(), "cpu")
+    assert noise.shape == (4000, 3, 4, 4)
+    assert abs(noise.mean().item()) < 0.01 and abs(noise.std().item() - 1) < 0.01
+    on = std > 0
+    assert abs(on.float().mean().item() - 0.5) < 0.04
+    assert std[on].min() >= 0.05 and std[on].max() <= 0.2
+
+
+def test_sobel_scale_and_flat_border():
+    # the largest magnitude on [0, 1] images, gx = 4 and gy = 2, maps to exactly 1
+    corner = torch.tensor([[0.0, 0, 1], [0, 0, 1], [0, 1, 1]]).view(1, 1, 3, 3)
+    assert ops.sobel_with(corner, torch.ones(1))[0, 0, 1, 1].item() == pytest.approx(1.0)
+    # replicate padding: a flat image has no edges, the frame included
+    flat = torch.full((2, 3, 5, 5), 0.7)
+    torch.testing.assert_close(ops.sobel_with(flat, torch.ones(2)), torch.zeros(2, 3, 5, 5),
+                               atol=1e-6, rtol=0)
+    x = torch.rand(2, 3, 5, 5, generator=gen())
+    out = ops.sobel_with(x, torch.tensor([0.0, 1.0]))
+    assert torch.equal(out[0], x[0]) and out[1].min() >= 0 and out[1].max() <= 1
+    assert torch.equal(out[1, 0], out[1, 2])  # the same in every channel
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_runs_on_gpu_with_a_gpu_generator():
     x = images(64).to("cuda")
     g = torch.Generator(device="cuda").manual_seed(0)
-    out = build_views(ViewConfig(blur_p=0.5, solarize_p=0.2), MEAN, STD)(x, g)
+    cfg = ViewConfig(blur_p=0.5, solarize_p=0.2, rotate_p=0.5, sobel_p=0.2, noise_p=0.5,
+                     cutout_p=0.5)
+    out = build_views(cfg, MEAN, STD)(x, g)
     assert all(v.device == x.device and v.shape == (64, 3, 32, 32) for v in out)
     with pytest.raises(ValueError, match="generator"):
         build_views(ViewConfig(), MEAN, STD)(x, gen())

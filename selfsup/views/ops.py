@@ -8,8 +8,9 @@ Probabilities ``p`` apply per image. Semantics follow torchvision's tensor trans
 comment says otherwise.
 
 Each random op is a ``draw_*`` function (parameters only) plus a deterministic kernel
-(``resized_crop``, ``jitter``, ``to_grayscale``, ``blur``, ``solarize_with``); ``Views`` uses
-the two halves to draw once for a whole batch and then work through it in cache-sized chunks.
+(``resized_crop``, ``rotate90``, ``jitter``, ``to_grayscale``, ``blur``, ``solarize_with``,
+``sobel_with``, ``add_noise``, ``cutout_with``); ``Views`` uses the two halves to draw once for
+a whole batch and then work through it in cache-sized chunks.
 
 The kernels are written for eager speed on CPU as much as on GPU: in-place updates of fresh
 buffers, float masks and ``lerp`` instead of boolean ``where`` (boolean elementwise kernels
@@ -18,6 +19,7 @@ are several times slower on CPU), and no channel reductions with indices.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -41,6 +43,31 @@ LUMA = (0.2989, 0.587, 0.114)
 def _per_image(v: Tensor, x: Tensor) -> Tensor:
     # [B] -> [B, 1, 1, 1], broadcastable against the batch
     return v.to(x.dtype).view(-1, 1, 1, 1)
+
+
+# --------------------------------------------------------------------------- rotation
+
+
+def draw_rotations(n: int, p: float, g: torch.Generator, device: torch.device | str) -> Tensor:
+    """``[n]`` int64 quarter turns: with probability ``p`` one of 1, 2, 3 (90, 180, 270
+    degrees) uniformly, else 0."""
+    u = rand(g, n, 2, device=device)
+    turns = (u[:, 0] * 3).floor_().clamp_(max=2).add_(1)  # the clamp guards against rounding
+    return (turns * (u[:, 1] < p)).long()
+
+
+def rotate90(x: Tensor, turns: Tensor) -> Tensor:
+    """Rotate each square image by its ``turns`` ([B], 0 to 3) quarter turns counter-clockwise
+    (as displayed, row 0 at the top): exactly ``torch.rot90(x[i], turns[i], dims=(1, 2))``.
+
+    Two masked passes over the batch, no per-image loop: a half turn (both flips) where
+    ``turns >= 2``, then a quarter turn where ``turns`` is odd. ``lerp`` with weights 0 and 1
+    copies exactly, and is several times faster on CPU than a gather of every pixel.
+    """
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"rotate90 needs square images, got {tuple(x.shape[-2:])}")
+    half = torch.lerp(x, x.flip((2, 3)), _per_image(turns >= 2, x))
+    return torch.lerp(half, torch.rot90(half, 1, (2, 3)), _per_image(turns % 2, x))
 
 
 # --------------------------------------------------------------------------- colour kernels
@@ -188,12 +215,18 @@ def default_blur_kernel(size: int) -> int:
     return max(3, 2 * ((size // 10) // 2) + 1)
 
 
+def draw_uniform(n: int, value_range: Sequence[float], p: float, g: torch.Generator,
+                 device: torch.device | str) -> Tensor:
+    """``[n]`` values uniform in ``value_range`` with probability ``p``, else 0."""
+    u = rand(g, n, 2, device=device)
+    lo, hi = float(value_range[0]), float(value_range[1])
+    return (lo + (hi - lo) * u[:, 0]) * (u[:, 1] < p)
+
+
 def draw_blur_sigma(n: int, sigma_range: Sequence[float], p: float, g: torch.Generator,
                     device: torch.device | str) -> Tensor:
     """``[n]`` sigmas uniform in ``sigma_range`` with probability ``p``, else 0 (no blur)."""
-    u = rand(g, n, 2, device=device)
-    lo, hi = float(sigma_range[0]), float(sigma_range[1])
-    return (lo + (hi - lo) * u[:, 0]) * (u[:, 1] < p)
+    return draw_uniform(n, sigma_range, p, g, device)
 
 
 def blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
@@ -226,6 +259,86 @@ def gaussian_blur(x: Tensor, sigma_range: Sequence[float], p: float, g: torch.Ge
         return x.clone()
     sigma = draw_blur_sigma(x.shape[0], sigma_range, p, g, x.device)
     return blur(x, sigma, kernel_size or default_blur_kernel(min(x.shape[-2:])))
+
+
+# --------------------------------------------------------------------------- Sobel
+
+# The largest gradient magnitude of a [0, 1] image under the 3x3 Sobel kernels: sqrt(20), at
+# gx = 4 and gy = 2 (or the reverse). The bound 4 * sqrt(2) is out of reach: gx = gy = 4 needs
+# the corner pixel they share to be both 0 and 1.
+SOBEL_MAX = math.sqrt(20)
+
+
+def sobel_with(x: Tensor, mask: Tensor) -> Tensor:
+    """Where ``mask`` ([B], 0/1) is 1, replace every channel by the Sobel gradient magnitude
+    of the luma, ``sqrt(gx^2 + gy^2) / SOBEL_MAX``, in [0, 1].
+
+    The 3x3 Sobel kernels ``[[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]`` and its transpose, with
+    replicate padding (the border continues flat, so the frame of the image shows no edge); a
+    1-channel image is its own luma. Each kernel is applied in its separable form, a central
+    difference along one axis and 1-2-1 smoothing along the other, as shifted slices: the
+    same sums as ``F.conv2d`` with the 3x3 kernels, five times faster on CPU.
+    """
+    y = F.pad(rgb_to_gray(x), (1, 1, 1, 1), mode="replicate")  # [B, 1, H + 2, W + 2]
+    dx = y[..., 2:] - y[..., :-2]  # [B, 1, H + 2, W]
+    gx = (dx[:, :, :-2] + dx[:, :, 2:]).add_(dx[:, :, 1:-1], alpha=2)
+    sx = (y[..., :-2] + y[..., 2:]).add_(y[..., 1:-1], alpha=2)
+    gy = sx[:, :, 2:] - sx[:, :, :-2]
+    mag = gx.square_().addcmul_(gy, gy).sqrt_().mul_(1 / SOBEL_MAX).clamp_(max=1)
+    return torch.lerp(x, mag.expand_as(x), _per_image(mask, x))
+
+
+# --------------------------------------------------------------------------- noise, cutout
+
+
+def draw_noise(n: int, channels: int, height: int, width: int, std_range: Sequence[float],
+               p: float, g: torch.Generator, device: torch.device | str) -> tuple[Tensor, Tensor]:
+    """Per-image noise strengths ``[n]`` (uniform in ``std_range`` with probability ``p``,
+    else 0) and the standard normal noise itself, ``[n, channels, height, width]``.
+
+    The noise is drawn here, the size of the output, so that it does not depend on how the
+    batch is later cut into chunks.
+    """
+    std = draw_uniform(n, std_range, p, g, device)
+    return std, torch.randn((n, channels, height, width), generator=g, device=device)
+
+
+def add_noise(x: Tensor, std: Tensor, noise: Tensor) -> Tensor:
+    """``clamp(x + std_i * noise_i, 0, 1)`` per image, from ``draw_noise``; std 0: unchanged."""
+    return torch.addcmul(x, noise, _per_image(std, x)).clamp_(0, 1)
+
+
+def draw_cutout(n: int, height: int, width: int, side_range: Sequence[float], p: float,
+                g: torch.Generator, device: torch.device | str) -> Tensor:
+    """``[n, 4]`` float holes (top, left, bottom, right) as half-open pixel ranges.
+
+    Cutout (DeVries & Taylor 2017): with probability ``p``, a square of side
+    ``round(s * min(height, width))`` pixels (at least 1), ``s`` uniform in ``side_range``,
+    centred on a pixel drawn uniformly over the image and clipped at the border, as in their
+    code (so a hole near the edge is smaller); else an empty hole.
+    """
+    u = rand(g, n, 4, device=device)
+    lo, hi = float(side_range[0]), float(side_range[1])
+    side = torch.round((lo + (hi - lo) * u[:, 0]) * min(height, width)).clamp_(min=1)
+    top = torch.floor(u[:, 1] * height).clamp_(max=height - 1) - torch.floor(side / 2)
+    left = torch.floor(u[:, 2] * width).clamp_(max=width - 1) - torch.floor(side / 2)
+    holes = torch.stack([top.clamp(min=0), left.clamp(min=0), (top + side).clamp(max=height),
+                         (left + side).clamp(max=width)], dim=1)
+    return holes * (u[:, 3:] < p)
+
+
+def cutout_with(x: Tensor, holes: Tensor, value: float = 0.0) -> Tensor:
+    """Fill each image's hole (``draw_cutout``'s [B, 4] top, left, bottom, right) with
+    ``value`` in every channel; an empty hole leaves the image unchanged."""
+    top, left, bottom, right = holes.to(x.dtype).unbind(dim=1)
+    rows = torch.arange(x.shape[2], device=x.device, dtype=x.dtype)
+    cols = torch.arange(x.shape[3], device=x.device, dtype=x.dtype)
+    # [B, H] and [B, W] 0/1 (boolean kernels are fine at this size), their outer product
+    in_rows = ((rows >= top[:, None]) & (rows < bottom[:, None])).to(x.dtype)
+    in_cols = ((cols >= left[:, None]) & (cols < right[:, None])).to(x.dtype)
+    hole = (in_rows[:, :, None] * in_cols[:, None, :]).unsqueeze(1)  # [B, 1, H, W]
+    out = x * (1 - hole)
+    return out.add_(hole, alpha=value) if value else out
 
 
 # --------------------------------------------------------------------------- output
