@@ -20,7 +20,8 @@ Optional hooks, in the order the trainer calls them (`hook(method, name)` finds 
 -------------------------------------------------------------------------------------
 - `init_from_data(sample, seed)`: once, before the first step of a run (also of a resumed run,
   which should keep what its checkpoint holds). `sample(n)` gives the method's inputs for n
-  fixed training images. Tokenizer codebooks are built here.
+  fixed training images. Tokenizer codebooks are built here. It may return a dict of numbers
+  (what fitting cost: seconds, a training curve's ends), which the run log records as "fitted".
 - `param_sets() -> list[ParamSet]`: once, before the optimizers are built. Each set has its own
   parameters, loss, optimizer and settings, and is updated in the order given (a GAN's
   discriminator, then its generator). Without it, the method is one set, "model", of every

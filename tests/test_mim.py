@@ -17,6 +17,7 @@ from selfsup.protocol import Progress
 from selfsup.losses import nt_xent
 from selfsup.methods.splitmask import SplitMask, SplitMaskConfig, split_halves
 from selfsup.parts.codebook import PatchTokenizer, kmeans
+from selfsup.train.runlog import read_metrics
 from selfsup.train.trainer import Trainer
 from selfsup.views.masks import block_order, mask_from_order, num_visible, random_order
 
@@ -167,7 +168,7 @@ def test_tokenizers_build_deterministic_codebooks_from_the_data():
     torch.manual_seed(0)
     patches = torch.randn(600, 12)
     books = {}
-    for kind in ("kmeans", "patches", "random"):
+    for kind in ("kmeans", "patches", "uniform", "normal"):
         t1, t2 = PatchTokenizer(kind, "nearest", 16, 12), PatchTokenizer(kind, "nearest", 16, 12)
         t1.build(patches, seed=3)
         t2.build(patches, seed=3)
@@ -177,11 +178,17 @@ def test_tokenizers_build_deterministic_codebooks_from_the_data():
     # "patches": every entry is one of the data's patches, all different
     assert ((books["patches"][:, None] - patches[None]).abs().sum(-1) == 0).any(1).all()
     assert len({tuple(r.tolist()) for r in books["patches"]}) == 16
-    torch.testing.assert_close(books["random"], torch.randn(16, 12, generator=gen(3)))
+    torch.testing.assert_close(books["normal"], torch.randn(16, 12, generator=gen(3)))
+    # SplitMask's random vectors: every coordinate uniform, zero mean and unit variance
+    torch.testing.assert_close(books["uniform"], (torch.rand(16, 12, generator=gen(3)) * 2 - 1) * 3 ** 0.5)
+    big = PatchTokenizer("uniform", "nearest", 4000, 12)
+    big.build(patches, seed=0)
+    assert big.codebook.abs().max() <= 3 ** 0.5 and abs(big.codebook.mean()) < 0.02
+    assert abs(big.codebook.var() - 1) < 0.03
 
 
 def test_token_assignment_dot_and_nearest_against_brute_force():
-    t_dot, t_near = PatchTokenizer("random", "dot", 20, 6), PatchTokenizer("random", "nearest", 20, 6)
+    t_dot, t_near = PatchTokenizer("normal", "dot", 20, 6), PatchTokenizer("normal", "nearest", 20, 6)
     data = torch.randn(50, 6)
     t_dot.build(data, 0)
     t_near.build(data, 0)
@@ -201,6 +208,63 @@ def test_tokenizer_errors_are_clear():
         t.build(torch.randn(8, 12), 0)
     with pytest.raises(ValueError, match="method.tokenizer"):
         PatchTokenizer("dalle", "nearest", 16, 12)
+    with pytest.raises(ValueError, match="'uniform'.*'normal'"):
+        PatchTokenizer("random", "nearest", 16, 12)
+    with pytest.raises(ValueError, match="method.assign=dot does not apply to method.tokenizer=vq"):
+        PatchTokenizer("vq", "dot", 16, 12)
+    with pytest.raises(ConfigError, match="method.tokenizer_steps"):
+        tiny_config("beit", "method.tokenizer=vq", "method.tokenizer_steps=0")
+
+
+def clustered_patches(n=4000, dim=12, clusters=40, seed=0):
+    """Patches around `clusters` centres with small noise: a VQ-VAE has structure to learn."""
+    g = gen(seed)
+    centres = torch.randn(clusters, dim, generator=g)
+    return centres[torch.randint(clusters, (n,), generator=g)] + 0.1 * torch.randn(n, dim, generator=g)
+
+
+VQ = {"dim": 6, "hidden": 32, "steps": 600, "batch": 256, "lr": 3e-3}
+
+
+def test_vq_tokenizer_learns_leaves_no_dead_code_and_is_seeded():
+    x = clustered_patches()
+    t = PatchTokenizer("vq", "nearest", 64, 12, vq=VQ)
+    info = t.build(x, seed=1)
+    # the reconstruction error falls during training, and the dead codes were restarted
+    assert info["tokenizer_mse_end"] < 0.3 * info["tokenizer_mse_start"], info
+    assert info["tokenizer_restarts"] > 0 and info["tokenizer_s"] > 0
+    # after the restarts, every one of the 64 entries is the token of some training patch
+    ids = t(x[None])[0]
+    assert torch.bincount(ids, minlength=64).min() > 0
+    # tokens decode to patches close to the originals (the data's variance is about 1)
+    assert F.mse_loss(t.decode(ids), x) < 0.2
+    # the same seed trains the same tokenizer; another seed another
+    again = PatchTokenizer("vq", "nearest", 64, 12, vq=VQ)
+    again.build(x, seed=1)
+    for (name, a), (_, b) in zip(t.named_buffers(), again.named_buffers()):
+        assert torch.equal(a, b), name
+    other = PatchTokenizer("vq", "nearest", 64, 12, vq=VQ)
+    other.build(x, seed=2)
+    assert not torch.equal(other.vq.codes, t.vq.codes)
+
+
+def test_vq_assignment_is_its_encoders_nearest_code_not_the_nearest_patch():
+    x = clustered_patches()
+    t = PatchTokenizer("vq", "nearest", 32, 12, vq=VQ)
+    t.build(x, seed=0)
+    q = torch.randn(2, 9, 12)
+    z = t.vq.encode(q)
+    brute = torch.tensor([[min(range(32), key=lambda j: float((zi - t.vq.codes[j]).norm())) for zi in row]
+                          for row in z])
+    assert torch.equal(t(q), brute)
+    # the codebook holds each code's decoded patch, and decode is the VQ-VAE's decoder
+    torch.testing.assert_close(t.codebook, t.vq.decode_latents(t.vq.codes))
+    torch.testing.assert_close(t.decode(brute), t.vq.decode_latents(t.vq.codes[brute]))
+    # the nearest decoded entry is a different rule (the decoder is not the encoder's inverse)
+    nearest_entry = torch.cdist(x, t.codebook).argmin(1)
+    assert not torch.equal(t(x[None])[0], nearest_entry)
+    # its weights are buffers: no method optimizer can train them
+    assert not list(t.parameters()) and len(list(t.buffers())) == 15
 
 
 # ----------------------------------------------------------------------------- losses
@@ -314,10 +378,15 @@ def test_mae_run_writes_reconstruction_pictures(tmp_path):
     assert img[:, :, 0].std() > 0
 
 
-def test_tokenizer_codebook_is_built_once_and_saved_with_the_run(tmp_path):
-    cfg = tiny_config("beit", f"trainer.out={tmp_path}")
+@pytest.mark.parametrize("method", ["beit", "splitmask"])  # tiny runs: k-means and vq tokenizers
+def test_tokenizer_codebook_is_built_once_and_saved_with_the_run(tmp_path, method):
+    cfg = tiny_config(method, f"trainer.out={tmp_path}")
     trainer = Trainer(cfg, run_dir=tmp_path / "run")
-    trainer.fit()
+    run = trainer.fit()
+    fitted = read_metrics(run, "fitted")  # what building the tokenizer cost, in the run log
+    assert len(fitted) == 1 and fitted[0]["tokenizer_s"] > 0
+    if method == "splitmask":
+        assert fitted[0]["tokenizer_steps"] == 20 and "tokenizer_mse_end" in fitted[0]
     book = trainer.model.tokenizer.codebook.clone()
     assert bool(trainer.model.tokenizer.built) and book.abs().sum() > 0
     fresh = Trainer(cfg, run_dir=tmp_path / "run")

@@ -7,14 +7,13 @@ About 40 % of an image's patches are masked in blocks (§2.5, block-wise masking
 encoder sees every position, with the masked patches' embeddings replaced by one learned mask
 token (§2.2), and a linear layer on its output predicts, at each masked position, the token that
 a tokenizer gives the original patch: cross-entropy on the masked positions only (§2.2, eq. 1).
-BEiT's tokenizer is DALL-E's dVAE; here it is one of `tokenizers.py`'s cheap codebooks, built
-once from the training data. The paper's relative position bias and layer scale are left out:
+BEiT's tokenizer is DALL-E's dVAE; here it is one of `tokenizers.py`'s codebooks or a small
+VQ-VAE, built once from the training data. The paper's relative position bias and layer scale are left out:
 the encoder is the same ViT as every other method's, so encoders compare like for like.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +22,7 @@ from torch import Tensor, nn
 from selfsup.backbones.vit import patchify, require_vit
 from selfsup.losses import cross_entropy_accuracy
 from selfsup.parts.codebook import PatchTokenizer
-from selfsup.parts.tokenizers import TokenizerConfig, build_from_views
+from selfsup.parts.tokenizers import TokenizerConfig, TokenTargets
 from selfsup.protocol import Output, Progress
 from selfsup.views.masks import mask_from_order, mask_views, num_visible
 
@@ -47,9 +46,10 @@ class BEiTConfig(TokenizerConfig):
             raise ValueError(f"method.masking must be random or block, got {self.masking!r}")
 
 
-class BEiT(nn.Module):
+class BEiT(TokenTargets, nn.Module):
+    """The tokenizer's hooks (build from the data, fitted buffers, pictures) are `TokenTargets`'s."""
+
     config_class = BEiTConfig
-    fitted_buffers = ("tokenizer.codebook", "tokenizer.built")  # built from the data
 
     def __init__(self, cfg: BEiTConfig, backbone: nn.Module):
         super().__init__()
@@ -61,12 +61,6 @@ class BEiT(nn.Module):
         self.head = nn.Linear(backbone.dim, cfg.vocab_size)  # the "masked image modeling head"
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
-
-    def init_from_data(self, sample: Callable[[int], list[Tensor]], seed: int) -> None:
-        """Build the codebook from `sample(n)`, the views of n training images, once: a
-        resumed run reads it back from the checkpoint."""
-        build_from_views(self.tokenizer, sample, self.backbone.patch_size, seed,
-                         self.cfg.tokenizer_images, self.cfg.tokenizer_patches)
 
     def prepare(self, views: list[Tensor], generator: torch.Generator) -> list[Tensor]:
         """[image views] -> [images, patch orders [B, L]] (masked patches last)."""

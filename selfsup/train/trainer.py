@@ -405,8 +405,10 @@ class Trainer:
         train_time, window_start = 0.0, time.perf_counter()
         window = LossWindow()
         init = hook(self.model, "init_from_data")
-        if init:  # e.g. a tokenizer's codebook, built once
-            init(lambda k: self.sample_views(k, t.seed), seed=t.seed)
+        if init:  # e.g. a tokenizer's codebook, built once; what it cost goes to the log
+            fitted = init(lambda k: self.sample_views(k, t.seed), seed=t.seed)
+            if fitted:
+                log.log("fitted", self.step, **fitted)
         self.model.train()
         try:
             while self.step < self.total_steps:
