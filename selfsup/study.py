@@ -21,11 +21,12 @@ A study file:
       - {name: fewshot, protocol: fewshot, overrides: [eval.fewshot.draws=3]}
       - {name: finetune, protocol: finetune, recipe: finetune_quick_cifar10}
     plot: {x: data, series: method}      # optional: top-1 against a tag, one line per another
+    matrix: {rows: method, columns: data, value: linear}   # optional: one evaluation over two tags
 
 The output folder (`--out`, default `studies/<file name>`) holds `runs/<name>/` (ordinary run
 folders), `results/<row>.<evaluation>.json` (each evaluation's result with the settings that made
-it), and `table.md`, `table.csv`, `table.json`, `plot.png`. Starting the study again does only
-what is missing: a finished run is kept, an interrupted one is resumed from its last checkpoint
+it), and `table.md`, `table.csv`, `table.json`, `plot.png` (and `matrix.md`, `matrix.png`).
+Starting the study again does only what is missing: a finished run is kept, an interrupted one is resumed from its last checkpoint
 (`selfsup pretrain --resume`), an evaluation whose result was written with the same settings is
 read back; so a study can be killed at any moment and started again with nothing lost. A run
 folder trained with other settings than the study now gives (the file was edited) is refused
@@ -90,12 +91,25 @@ class PlotSpec:
 
 
 @dataclass
+class MatrixSpec:
+    """rows, columns: two tags; value: a column of the table (an evaluation's name). Gives
+    matrix.md and matrix.png: the value of the run tagged (row, column) in each cell, empty where
+    no run has that pair; axes in the order the runs first give the tags' values. E.g. SimCLR's
+    figure 5: first and second augmentation, with the singles on the diagonal."""
+
+    rows: Optional[str] = None
+    columns: Optional[str] = None
+    value: Optional[str] = None
+
+
+@dataclass
 class Study:
     title: str = ""
     overrides: list[str] = field(default_factory=list)
     runs: list[RunSpec] = field(default_factory=list)
     evaluations: list[EvalSpec] = field(default_factory=list)
     plot: PlotSpec = field(default_factory=PlotSpec)
+    matrix: MatrixSpec = field(default_factory=MatrixSpec)
 
 
 def study_path(study: str) -> Path:
@@ -146,6 +160,16 @@ def load_study(path: Path) -> Study:
         value = getattr(study.plot, axis)
         if value is not None and value not in tags:
             raise ConfigError(f"{where}: plot.{axis}={value!r} is not a tag of any run ({', '.join(sorted(tags))})")
+    m = study.matrix
+    if any(v is not None for v in (m.rows, m.columns, m.value)):
+        for axis in ("rows", "columns"):
+            value = getattr(m, axis)
+            if value not in tags:
+                raise ConfigError(f"{where}: matrix.{axis}={value!r} is not a tag of any run "
+                                  f"({', '.join(sorted(tags))})")
+        if m.value not in [e.name for e in study.evaluations]:
+            raise ConfigError(f"{where}: matrix.value={m.value!r} is not an evaluation's name "
+                              f"({', '.join(e.name for e in study.evaluations)})")
     return study
 
 
@@ -261,11 +285,15 @@ def _evaluate(study: Study, row: RunSpec, run_dir: Path, done: dict, out: Path, 
 
 
 def _pretext(run_dir: Path) -> dict:
-    """The method's own metrics at the last logged training step (loss, rot_acc, token_acc, ...)."""
+    """The method's own metrics at the last logged training step (loss, rot_acc, token_acc, ...),
+    after what fitting to the data cost before training (a tokenizer's seconds, its curve)."""
     from selfsup.train.runlog import read_metrics
 
-    train = read_metrics(run_dir, "train")
-    return {k: v for k, v in train[-1].items() if k not in TRAINER_KEYS} if train else {}
+    out = {}
+    for kind in ("fitted", "train"):
+        logged = read_metrics(run_dir, kind)
+        out.update({k: v for k, v in logged[-1].items() if k not in TRAINER_KEYS} if logged else {})
+    return out
 
 
 def run_study(study_file: str | Path, out: str | Path | None = None, progress: bool = True) -> dict:
@@ -306,7 +334,37 @@ def run_study(study_file: str | Path, out: str | Path | None = None, progress: b
     log(f"written: {out / 'table.md'}, table.csv, table.json, plot.png")
     if progress:
         print(table_markdown(table))
+    if study.matrix.value is not None:
+        from selfsup.eval.plots import plot_matrix
+
+        matrix = make_matrix(table, study.matrix)
+        _write(out / "matrix.md", matrix_markdown(matrix))
+        plot_matrix(matrix, out / "matrix.png")
+        log(f"written: {out / 'matrix.md'}, matrix.png")
+        if progress:
+            print(matrix_markdown(matrix))
     return table
+
+
+def make_matrix(table: dict, spec: MatrixSpec) -> dict:
+    """{"title", "rows", "columns", "value", "cells"}: cells[i][j] is `spec.value` of the row whose
+    tags are (rows[i], columns[j]), or None."""
+    rows = [r for r in table["rows"] if r.get(spec.rows) and r.get(spec.columns)]  # runs with both tags
+    labels = {axis: list(dict.fromkeys(r[getattr(spec, axis)] for r in rows)) for axis in ("rows", "columns")}
+    at = {(r.get(spec.rows), r.get(spec.columns)): r.get(spec.value) for r in rows}
+    return {"title": table["title"], "rows": labels["rows"], "columns": labels["columns"],
+            "axes": [spec.rows, spec.columns], "value": spec.value,
+            "cells": [[at.get((a, b)) for b in labels["columns"]] for a in labels["rows"]]}
+
+
+def matrix_markdown(matrix: dict) -> str:
+    rows_tag, cols_tag = matrix["axes"]
+    lines = [f"## {matrix['title']}: {matrix['value']}", ""] if matrix["title"] else []
+    lines += [f"| {rows_tag} \\ {cols_tag} | " + " | ".join(matrix["columns"]) + " |",
+              "|" + " --- |" * (len(matrix["columns"]) + 1)]
+    for label, cells in zip(matrix["rows"], matrix["cells"]):
+        lines.append(f"| {label} | " + " | ".join("" if v is None else f"{v:.1f}" for v in cells) + " |")
+    return "\n".join([*lines, ""])
 
 
 def _cells(e: EvalSpec, result: dict) -> list[tuple[str, Any, Any]]:

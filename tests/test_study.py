@@ -34,6 +34,7 @@ STUDY = {
          "overrides": ["eval.finetune.epochs=1", "eval.finetune.train_subset=128", "eval.finetune.batch_size=64"]},
     ],
     "plot": {"x": "data", "series": "method"},
+    "matrix": {"rows": "method", "columns": "data", "value": "knn"},
 }
 
 
@@ -74,6 +75,11 @@ def test_a_study_writes_one_table_of_every_run_and_evaluation(uninterrupted):
     assert [r["run"] for r in rows] == ["all", "half", "random"] and "few 20 labels std" in rows[0]
     assert json.loads((out / "table.json").read_text())["rows"] == table["rows"]
     assert (out / "plot.png").stat().st_size > 5000
+    # the matrix: one cell per (method, data) pair that a run has; the random row lacks a data tag
+    md = (out / "matrix.md").read_text().splitlines()
+    assert md[2:] == ["| method \\ data | 100 % | 50 % |", "| --- | --- | --- |",
+                      f"| SimCLR | {all_['knn']:.1f} | {half['knn']:.1f} |"]
+    assert (out / "matrix.png").stat().st_size > 3000
 
 
 def test_killed_mid_run_and_started_again_it_gives_the_same_table(uninterrupted, tmp_path, monkeypatch):
@@ -145,6 +151,8 @@ def test_an_evaluation_edited_is_evaluated_again_and_a_run_edited_is_refused(uni
     (lambda s: s["evaluations"][0].update(protocol="knm"), "evaluations.0.protocol='knm'"),
     (lambda s: s["evaluations"][1].update(overrides=["eval.fewshot.draws=0"]), "evaluations.few on runs.all: eval.fewshot.draws"),
     (lambda s: s["plot"].update(x="dataset"), "plot.x='dataset'"),
+    (lambda s: s["matrix"].update(columns="size"), "matrix.columns='size'"),
+    (lambda s: s["matrix"].update(value="linear"), "matrix.value='linear' is not an evaluation"),
     (lambda s: s["runs"][0].pop("recipe"), "give either recipe"),
 ])
 def test_a_bad_study_file_is_refused_in_one_line_before_anything_runs(tmp_path, capsys, change, words):
@@ -167,7 +175,8 @@ def test_not_yaml_and_no_such_study(tmp_path, capsys):
 
 def test_the_shipped_studies_are_valid(capsys):
     shipped = sorted(STUDIES_DIR.glob("*.yaml"))
-    assert {p.stem for p in shipped} >= {"target_data_cpu", "target_data_gpu", "methods_cpu", "methods_gpu"}
+    assert {p.stem for p in shipped} >= {"target_data_cpu", "target_data_gpu", "methods_cpu", "methods_gpu",
+                                         "tokenizers_cpu", "augmentations_cpu"}
     for path in shipped:
         study = load_study(path)
         for r in study.runs:

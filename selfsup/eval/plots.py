@@ -103,6 +103,31 @@ def plot_study(table: dict, x: str | None, series: str | None, path: Path) -> Pa
     return _save(fig, path)
 
 
+def plot_matrix(matrix: dict, path: Path) -> Path:
+    """A study's matrix (`selfsup.study.make_matrix`) as a heat map with the values written in;
+    empty cells stay blank."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    values = np.array([[np.nan if v is None else v for v in row] for row in matrix["cells"]], dtype=float)
+    h, w = values.shape
+    fig = Figure(figsize=(1.0 + 0.8 * w, 0.8 + 0.6 * h), dpi=110)
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis")
+    for i in range(h):
+        for j in range(w):
+            if np.isfinite(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=8, color="white")
+    ax.set_xticks(range(w), matrix["columns"], rotation=45, fontsize=8)
+    ax.set_yticks(range(h), matrix["rows"], fontsize=8)
+    ax.set_xlabel(matrix["axes"][1], fontsize=8)
+    ax.set_ylabel(matrix["axes"][0], fontsize=8)
+    ax.set_title(f"{matrix['value']} top-1 (%)", fontsize=9)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     """PNG to a temporary name, then renamed into place."""
     path = Path(path)
