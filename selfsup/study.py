@@ -26,10 +26,10 @@ A study file:
 The output folder (`--out`, default `studies/<file name>`) holds `runs/<name>/` (ordinary run
 folders), `results/<row>.<evaluation>.json` (each evaluation's result with the settings that made
 it), and `table.md`, `table.csv`, `table.json`, `plot.png` (and `matrix.md`, `matrix.png`).
-Starting the study again does only what is missing: a finished run is kept, an interrupted one is resumed from its last checkpoint
-(`selfsup pretrain --resume`), an evaluation whose result was written with the same settings is
-read back; so a study can be killed at any moment and started again with nothing lost. A run
-folder trained with other settings than the study now gives (the file was edited) is refused
+Starting the study again does only what is missing: a finished run is kept, an interrupted one
+is resumed from its last checkpoint (`selfsup pretrain --resume`), an evaluation whose result
+was written with the same settings is read back; so a study can be killed at any moment and
+started again with nothing lost. A run folder trained with other settings than the study now gives (the file was edited) is refused
 with the keys that differ, never overwritten.
 """
 

@@ -8,8 +8,9 @@ encoder sees every position, with the masked patches' embeddings replaced by one
 token (§2.2), and a linear layer on its output predicts, at each masked position, the token that
 a tokenizer gives the original patch: cross-entropy on the masked positions only (§2.2, eq. 1).
 BEiT's tokenizer is DALL-E's dVAE; here it is one of `tokenizers.py`'s codebooks or a small
-VQ-VAE, built once from the training data. The paper's relative position bias and layer scale are left out:
-the encoder is the same ViT as every other method's, so encoders compare like for like.
+VQ-VAE, built once from the training data. The paper's relative position bias and layer scale
+are left out: the encoder is the same ViT as every other method's, so encoders compare like for
+like.
 """
 
 from __future__ import annotations

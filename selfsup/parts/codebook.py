@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup import distributed as dist
-from selfsup.parts.vq import PatchVQ
+from selfsup.parts.vq import PatchVQ, nearest_code
 
 if TYPE_CHECKING:
     from selfsup.parts.tokenizers import TokenizerConfig
@@ -61,10 +61,7 @@ class PatchTokenizer(nn.Module):
         self.kind, self.assign, self.size_key = kind, assign, size_key
         self.register_buffer("codebook", torch.zeros(vocab_size, patch_dim))  # [V, P]
         self.register_buffer("built", torch.zeros((), dtype=torch.bool))
-        self.vq_fit = None
         if kind == "vq":
-            vq = dict(vq or {})
-            self.vq_fit = {k: vq.pop(k) for k in ("steps", "batch", "lr")}
             self.vq = PatchVQ(patch_dim, vocab_size=vocab_size, **vq)
 
     @classmethod
@@ -95,7 +92,7 @@ class PatchTokenizer(nn.Module):
         x = patches.detach().float()
         info: dict[str, float] = {}
         if self.kind == "vq":
-            info = self.vq.fit(x.to(self.codebook.device), seed, **self.vq_fit)
+            info = self.vq.fit(x.to(self.codebook.device), seed)
             with torch.no_grad():
                 book = self.vq.decode_latents(self.vq.codes)
         elif self.kind == "uniform":
@@ -112,8 +109,7 @@ class PatchTokenizer(nn.Module):
                 for buf in self.buffers():
                     torch.distributed.broadcast(buf, 0)
             self.built.fill_(True)
-        return {"tokenizer_s": time.perf_counter() - start, **{k: v for k, v in info.items()
-                                                              if k != "tokenizer_s"}}
+        return {"tokenizer_s": time.perf_counter() - start, **info}
 
     @torch.no_grad()
     def forward(self, patches: Tensor) -> Tensor:
@@ -123,11 +119,9 @@ class PatchTokenizer(nn.Module):
                                "from the data at its first step (Method.init_from_data)")
         if self.kind == "vq":
             return self.vq.assign(self.vq.encode(patches))
-        book = self.codebook.float()
-        scores = patches.float() @ book.T  # [B, L, V]
-        if self.assign == "nearest":  # argmin |x - c|^2 = argmax (x.c - |c|^2 / 2)
-            scores = scores - 0.5 * (book * book).sum(dim=1)
-        return scores.argmax(dim=-1)
+        if self.assign == "nearest":
+            return nearest_code(patches, self.codebook)
+        return (patches.float() @ self.codebook.float().T).argmax(dim=-1)
 
     def decode(self, ids: Tensor) -> Tensor:
         """token ids [...] -> their codebook vectors [..., P] ("vq": the decoded codes)."""

@@ -24,8 +24,6 @@ the other codebooks, saved with every checkpoint, and never seen by the method's
 
 from __future__ import annotations
 
-import time
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -36,16 +34,26 @@ DEAD = 0.03  # a code with an EMA count below this is restarted (about once in 3
 EPS = 1e-5
 
 
+def nearest_code(x: Tensor, book: Tensor) -> Tensor:
+    """The id of the entry of `book` [V, D] nearest to each vector of `x` [..., D]:
+    argmin |x - c|^2 = argmax (x.c - |c|^2 / 2)."""
+    book = book.float()
+    return (x.float() @ book.T - 0.5 * (book * book).sum(dim=1)).argmax(dim=-1)
+
+
 class PatchVQ(nn.Module):
     """patch_dim -> hidden -> hidden -> dim (encoder), and back (decoder); the codebook is
-    [vocab_size, dim]. Weights are buffers: `fit` trains copies of them, then stores them."""
+    [vocab_size, dim]. `fit` trains for `steps` Adam steps of `batch` patches at `lr`. Weights
+    are buffers: `fit` trains copies of them, then stores them."""
 
-    def __init__(self, patch_dim: int, dim: int, hidden: int, vocab_size: int):
+    def __init__(self, patch_dim: int, dim: int, hidden: int, vocab_size: int, steps: int,
+                 batch: int, lr: float):
         super().__init__()
-        shapes = {"enc": [(hidden, patch_dim), (hidden, hidden), (dim, hidden)],
-                  "dec": [(hidden, dim), (hidden, hidden), (patch_dim, hidden)]}
-        for part, layers in shapes.items():
-            for i, (out, inp) in enumerate(layers):
+        self.steps, self.batch, self.lr = steps, batch, lr
+        self.shapes = {"enc": [(patch_dim, hidden), (hidden, hidden), (hidden, dim)],
+                       "dec": [(dim, hidden), (hidden, hidden), (hidden, patch_dim)]}
+        for part, layers in self.shapes.items():
+            for i, (inp, out) in enumerate(layers):
                 self.register_buffer(f"{part}{i}_w", torch.zeros(out, inp))
                 self.register_buffer(f"{part}{i}_b", torch.zeros(out))
         self.register_buffer("codes", torch.zeros(vocab_size, dim))
@@ -66,51 +74,41 @@ class PatchVQ(nn.Module):
         """latents [..., dim] -> patches [..., patch_dim]."""
         return self._mlp("dec", z.float())
 
-    def assign(self, z: Tensor, codes: Tensor | None = None) -> Tensor:
+    def assign(self, z: Tensor) -> Tensor:
         """The nearest code's id for each latent: [..., dim] -> [...]."""
-        codes = self.codes if codes is None else codes
-        scores = z.float() @ codes.T - 0.5 * (codes * codes).sum(dim=1)  # argmax: nearest
-        return scores.argmax(dim=-1)
+        return nearest_code(z, self.codes)
 
     @torch.enable_grad()
-    def fit(self, patches: Tensor, seed: int, steps: int, batch: int, lr: float) -> dict[str, float]:
-        """Train on `patches` [N, patch_dim] for `steps` Adam steps of `batch` patches, seeded,
-        on the patches' device; store the result in the buffers. Returns the training's cost and
-        its reconstruction MSE (on normalised pixels) in the first and last 10 % of steps."""
-        start = time.perf_counter()
+    def fit(self, patches: Tensor, seed: int) -> dict[str, float]:
+        """Train on `patches` [N, patch_dim], seeded, on the patches' device; store the result in
+        the buffers. Returns the steps, the restarts and the reconstruction MSE (normalised
+        pixels) in the first and last 10 % of steps."""
         device, x = patches.device, patches.detach().float()
         g = torch.Generator(device="cpu").manual_seed(seed)
-        torch_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)  # the initial weights
         w: dict[str, Tensor] = {}
-        for name, buf in self.named_buffers():
-            if name == "codes":
-                continue
-            t = torch.empty(buf.shape)
-            if name.endswith("_w"):
-                nn.init.kaiming_uniform_(t, a=5 ** 0.5)  # nn.Linear's default
-            else:
-                bound = 1 / self._fan_in(name) ** 0.5  # nn.Linear's default too
-                nn.init.uniform_(t, -bound, bound)
-            w[name] = t.to(device).requires_grad_()
-        torch.random.set_rng_state(torch_state)
-        opt = torch.optim.Adam(w.values(), lr=lr)
-        v = self.codes.shape[0]
-        n = len(x)
+        with torch.random.fork_rng(devices=[]):  # nn.Linear's initialisation, seeded
+            torch.manual_seed(seed)
+            for part, layers in self.shapes.items():
+                for i, (inp, out) in enumerate(layers):
+                    layer = nn.Linear(inp, out)
+                    w[f"{part}{i}_w"] = layer.weight.detach().to(device).requires_grad_()
+                    w[f"{part}{i}_b"] = layer.bias.detach().to(device).requires_grad_()
+        opt = torch.optim.Adam(w.values(), lr=self.lr)
+        v, n = self.codes.shape[0], len(x)
 
         def draw(k: int) -> Tensor:
             return torch.randint(n, (k,), generator=g).to(device)
 
         with torch.no_grad():  # codes start at the latents of random patches
-            codes = self._mlp("enc", x[draw(v)], w).clone()
+            codes = self._mlp("enc", x[draw(v)], w)
         count = torch.ones(v, device=device)
         total = codes.clone()
         curve: list[Tensor] = []
-        restarts = 0
-        for _ in range(steps):
-            xb = x[draw(batch)]
+        restarts = torch.zeros((), device=device)
+        for _ in range(self.steps):
+            xb = x[draw(self.batch)]
             z = self._mlp("enc", xb, w)
-            ids = self.assign(z.detach(), codes)
+            ids = nearest_code(z.detach(), codes)
             q = codes[ids]
             recon = self._mlp("dec", z + (q - z).detach(), w)  # straight-through
             mse = F.mse_loss(recon, xb)
@@ -119,33 +117,29 @@ class PatchVQ(nn.Module):
             loss.backward()
             opt.step()
             curve.append(mse.detach())
-            with torch.no_grad():  # EMA codes, then restart the dead ones at batch latents
+            with torch.no_grad():  # EMA codes, then the dead ones restart at batch latents
                 onehot = F.one_hot(ids, v).float()
                 count.mul_(DECAY).add_(onehot.sum(0), alpha=1 - DECAY)
                 total.mul_(DECAY).add_(onehot.T @ z.detach(), alpha=1 - DECAY)
                 m = count.sum()
-                smoothed = (count + EPS) / (m + v * EPS) * m
-                codes = total / smoothed[:, None]
-                dead = count < DEAD
-                k = int(dead.sum())
-                if k:
-                    restarts += k
-                    fresh = z.detach()[torch.randint(len(z), (k,), generator=g).to(device)]
-                    codes[dead], total[dead], count[dead] = fresh, fresh, 1.0
+                codes = total / ((count + EPS) / (m + v * EPS) * m)[:, None]
+                # every code gets a candidate, the dead take it: no host sync in the loop
+                dead = (count < DEAD)[:, None]
+                fresh = z.detach()[torch.randint(len(z), (v,), generator=g).to(device)]
+                codes = torch.where(dead, fresh, codes)
+                total = torch.where(dead, fresh, total)
+                count = torch.where(dead[:, 0], 1.0, count)
+                restarts += dead.sum()
         with torch.no_grad():
             codes, revived = self._revive(x, w, codes)
             for name, t in w.items():
                 getattr(self, name).copy_(t.detach())
             self.codes.copy_(codes)
-            tail = max(1, steps // 10)
-            mses = torch.stack(curve).cpu() if curve else torch.zeros(1)
-            return {"tokenizer_s": time.perf_counter() - start, "tokenizer_steps": steps,
-                    "tokenizer_mse_start": float(mses[:tail].mean()),
+            tail = max(1, self.steps // 10)
+            mses = torch.stack(curve).cpu()
+            return {"tokenizer_steps": self.steps, "tokenizer_mse_start": float(mses[:tail].mean()),
                     "tokenizer_mse_end": float(mses[-tail:].mean()),
-                    "tokenizer_restarts": restarts + revived}
-
-    def _fan_in(self, name: str) -> int:
-        return getattr(self, name.replace("_b", "_w")).shape[1]
+                    "tokenizer_restarts": int(restarts) + revived}
 
     def _revive(self, x: Tensor, w: dict[str, Tensor], codes: Tensor) -> tuple[Tensor, int]:
         """Move every code that no patch of `x` picks to the latent of a badly reconstructed patch
@@ -156,7 +150,7 @@ class PatchVQ(nn.Module):
         taken = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         codes, moved = codes.clone(), 0
         for _ in range(20):
-            ids = torch.cat([self.assign(c, codes) for c in z.split(8192)])
+            ids = torch.cat([nearest_code(c, codes) for c in z.split(8192)])
             unused = torch.bincount(ids, minlength=len(codes)) == 0
             k = int(unused.sum())
             if k == 0:
