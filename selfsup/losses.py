@@ -78,3 +78,24 @@ def dino_loss(student: Tensor, teacher: Tensor, center: Tensor,
     loss = ce[off_diagonal].mean()
     entropy = -(p_t * torch.log(p_t.clamp_min(1e-30))).sum(-1).mean()
     return loss, entropy
+
+
+def gan_discriminator_loss(real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
+    """The discriminator's loss of the original GAN (Goodfellow et al. 2014, eq. 1), in float32:
+    binary cross-entropy with real images labelled 1 and generated ones 0, each term averaged
+    over its batch, then summed (DCGAN's `errD = errD_real + errD_fake`). real: [B] or [B, 1]
+    logits on real images; fake: [B'] or [B', 1] logits on generated ones. Returns the loss and
+    the discriminator's accuracy (a logit above 0 calls an image real)."""
+    real, fake = real.float().flatten(), fake.float().flatten()
+    loss = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+            + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+    accuracy = torch.cat([real > 0, fake <= 0]).float().mean()
+    return loss, accuracy
+
+
+def gan_generator_loss(fake: Tensor) -> Tensor:
+    """The generator's non-saturating loss (Goodfellow et al. 2014, §3): -log D(G(z)), binary
+    cross-entropy of the discriminator's logits on generated images against the label real.
+    fake: [B] or [B, 1] logits."""
+    fake = fake.float().flatten()
+    return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))

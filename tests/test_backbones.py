@@ -116,7 +116,7 @@ def test_zero_init_residual():
     assert all(b.bn3.weight.min() == 1 for b in model.layer1)
 
 
-CHEAP = [("resnet18", {}), ("resnet50", dict(width=0.25)), ("vit_tiny", {})]
+CHEAP = [("resnet18", {}), ("resnet50", dict(width=0.25)), ("vit_tiny", {}), ("dcgan", dict(width=0.5))]
 
 
 @pytest.mark.parametrize("name,kw", CHEAP)
@@ -128,13 +128,37 @@ def test_forward_layers(name, kw):
         assert list(feats) == model.layer_names
         for n, f in feats.items():
             assert f.shape == (2, model.layer_dims[n]), n
-        if name.startswith("resnet"):
-            torch.testing.assert_close(feats["layer4"], model(x))
+        if not name.startswith("vit"):
+            torch.testing.assert_close(feats[model.layer_names[-1]], model(x))
         # Shallow requests give the same values as a full pass.
         first = model.layer_names[1]
         torch.testing.assert_close(model.forward_layers(x, [first])[first], feats[first])
     with pytest.raises(ValueError, match="unknown"):
         model.forward_layers(x, ["nope"])
+
+
+@pytest.mark.parametrize("name,kw,size,grids", [
+    ("resnet18", dict(width=0.25), 32, [32, 32, 16, 8, 4]),
+    ("vit_tiny", dict(patch_size=8, depth=2), 32, [4, 4]),
+    ("igpt_s", dict(depth=2, embed_dim=32, num_heads=2, palette_size=64), 8, [8, 8, 8]),
+    ("dcgan", dict(width=0.25), 32, [16, 8, 4]),
+    ("dcgan", dict(width=0.25), 28, [14, 7, 3]),
+])
+def test_forward_maps_are_what_forward_layers_pools(name, kw, size, grids):
+    """Every backbone's maps lie on its spatial grid, and their means are its layer features."""
+    model = _build(name, 3, size, **kw).eval()
+    if name == "igpt_s":
+        model.palette.build(torch.randn(64 * 20, 3), seed=0)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        maps = model.forward_maps(x, model.layer_names)
+        pooled = model.forward_layers(x, model.layer_names)
+    assert [tuple(m.shape) for m in maps.values()] == [
+        (2, model.layer_dims[n], g, g) for n, g in zip(model.layer_names, grids)]
+    for n in model.layer_names:
+        torch.testing.assert_close(maps[n].mean(dim=(2, 3)), pooled[n])
+    with pytest.raises(ValueError, match="unknown"):
+        model.forward_maps(x, ["nope"])
 
 
 def test_forward_layers_stops_at_deepest_requested():

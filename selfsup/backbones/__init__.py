@@ -1,7 +1,9 @@
 """Image encoders: a config dataclass, a registry, and `build_backbone`.
 
 Every backbone maps images `[B, C, H, W]` to pooled features `[B, dim]` and exposes
-`layer_names`, `layer_dims` and `forward_layers(x, names)` for per-layer probing. A backbone
+`layer_names`, `layer_dims`, `forward_maps(x, names) -> {name: [B, layer_dims[name], h, w]}` (each
+layer's feature map on its spatial grid) and `forward_layers(x, names) -> {name: [B, D]}` (those
+maps pooled the backbone's way) for per-layer probing. A backbone
 that fits buffers to the data before training (iGPT's palette) names them in `fitted_buffers`.
 """
 
@@ -10,6 +12,7 @@ from typing import Callable, Dict, Optional
 
 from torch import nn
 
+from .dcgan import DCGANDiscriminator, dcgan
 from .igpt import ImageGPT, igpt_s
 from .resnet import ResNet, resnet18, resnet34, resnet50
 from .vit import VisionTransformer, patchify, unpatchify, vit_base, vit_small, vit_tiny
@@ -20,12 +23,12 @@ class BackboneConfig:
     """Which encoder to build and how.
 
     name: registry key, one of `BACKBONES` (resnet18 | resnet34 | resnet50 | vit_tiny |
-        vit_small | vit_base | igpt_s).
+        vit_small | vit_base | igpt_s | dcgan).
     cifar_stem: ResNet only. True: 3x3 stride-1 stem conv and no max-pool, so small images keep
         their resolution; False: ImageNet 7x7 stride-2 conv + max-pool; None: decide from the image
         size (CIFAR stem when image_size <= 64).
-    width: ResNet only. Channel multiplier; stage widths are 64·width, 128·width, 256·width,
-        512·width (times 4 for Bottleneck outputs).
+    width: ResNet and DCGAN. Channel multiplier; ResNet stage widths are 64·width, 128·width,
+        256·width, 512·width (times 4 for Bottleneck outputs); DCGAN layers 64·width, 128·width, ...
     zero_init_residual: ResNet only. Start each residual branch's last BN at gamma = 0 so every
         block begins as the identity (Goyal et al. 2017, §5.1).
     patch_size: ViT only. Side of the square patches; must divide the image size.
@@ -78,6 +81,7 @@ BACKBONES: Dict[str, Callable[[BackboneConfig, int, int], nn.Module]] = {
     "vit_small": vit_small,
     "vit_base": vit_base,
     "igpt_s": igpt_s,
+    "dcgan": dcgan,
 }
 
 
@@ -94,6 +98,7 @@ def build_backbone(cfg: BackboneConfig, in_channels: int, image_size: int) -> nn
 
 __all__ = [
     "BACKBONES",
+    "DCGANDiscriminator",
     "BackboneConfig",
     "ImageGPT",
     "ResNet",

@@ -150,20 +150,20 @@ class ImageGPT(nn.Module):
 
     def forward_tokens(self, tokens: Tensor, mask: Optional[Tensor] = None,
                        layers: Sequence[str] = ()) -> tuple[Tensor, Dict[str, Tensor]]:
-        """Token ids [B, L] -> (final-norm hidden states [B, L, D], {layer: [B, D]} the sequence
-        means of the normalised inputs of the blocks named in `layers`). Position i's state
-        predicts token i (autoregressive: from tokens < i)."""
+        """Token ids [B, L] -> (final-norm hidden states [B, L, D], {layer: [B, L, D]} the
+        normalised inputs of the blocks named in `layers`, "final" the final norm's output).
+        Position i's state predicts token i (autoregressive: from tokens < i)."""
         wanted = set(layers)
         h = self.embed(tokens, mask)
-        pooled: Dict[str, Tensor] = {}
+        states: Dict[str, Tensor] = {}
         for i, block in enumerate(self.blocks):
             if f"block{i}" in wanted:
-                pooled[f"block{i}"] = block.ln_1(h).mean(dim=1)
+                states[f"block{i}"] = block.ln_1(h)
             h = block(h, self.causal)
         h = self.ln_f(h)
         if "final" in wanted:
-            pooled["final"] = h.mean(dim=1)
-        return h, pooled
+            states["final"] = h
+        return h, states
 
     def forward_cached(self, tokens: Optional[Tensor], start: int, caches: List[dict],
                        batch: int = 1) -> Tensor:
@@ -190,14 +190,20 @@ class ImageGPT(nn.Module):
         """Normalised images [B, C, S, S] -> [B, D]: the sequence mean of the final norm's output."""
         return self.forward_tokens(self.tokenize(x))[0].mean(dim=1)
 
-    def forward_layers(self, x: Tensor, names: Sequence[str]) -> Dict[str, Tensor]:
-        """{name: [B, D]} for names in `layer_names` (see the module docstring)."""
+    def forward_maps(self, x: Tensor, names: Sequence[str]) -> Dict[str, Tensor]:
+        """{name: [B, D, S, S]} for names in `layer_names`: each pixel's state on the image grid
+        (see the module docstring)."""
         unknown = set(names) - set(self.layer_names)
         if unknown:
             raise ValueError(f"unknown iGPT layers {sorted(unknown)}; have block0..block"
                              f"{len(self.blocks) - 1} and final")
-        _, pooled = self.forward_tokens(self.tokenize(x), layers=names)
-        return {n: pooled[n] for n in names}
+        _, states = self.forward_tokens(self.tokenize(x), layers=names)
+        s = self.image_size
+        return {n: states[n].transpose(1, 2).reshape(x.shape[0], -1, s, s) for n in names}
+
+    def forward_layers(self, x: Tensor, names: Sequence[str]) -> Dict[str, Tensor]:
+        """{name: [B, D]} for names in `layer_names`: the sequence means of `forward_maps`."""
+        return {n: m.mean(dim=(2, 3)) for n, m in self.forward_maps(x, names).items()}
 
 
 def _build(dim: int, depth: int, heads: int):

@@ -165,8 +165,8 @@ class ResNet(nn.Module):
             x = stage(x)
         return x.mean(dim=(2, 3))
 
-    def forward_layers(self, x: Tensor, names: Sequence[str]) -> Dict[str, Tensor]:
-        """x: [B, C, H, W] -> {name: [B, layer_dims[name]]}, each map globally average-pooled.
+    def forward_maps(self, x: Tensor, names: Sequence[str]) -> Dict[str, Tensor]:
+        """x: [B, C, H, W] -> {name: [B, layer_dims[name], h, w]}, each layer's feature map.
 
         Stops after the deepest requested layer, so probing early layers is cheap.
         """
@@ -180,8 +180,12 @@ class ResNet(nn.Module):
                 break
             x = stage(x)
             if name in wanted:
-                out[name] = x.mean(dim=(2, 3))
+                out[name] = x
         return {name: out[name] for name in names}
+
+    def forward_layers(self, x: Tensor, names: Sequence[str]) -> Dict[str, Tensor]:
+        """x: [B, C, H, W] -> {name: [B, layer_dims[name]]}, each map globally average-pooled."""
+        return {n: m.mean(dim=(2, 3)) for n, m in self.forward_maps(x, names).items()}
 
 
 def _build(block: Block, blocks_per_stage: Sequence[int]):

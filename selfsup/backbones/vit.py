@@ -274,23 +274,28 @@ class VisionTransformer(nn.Module):
             return tokens[:, 0]
         return tokens.mean(dim=1)
 
-    def forward_layers(
-        self, x: Tensor, names: Sequence[str], keep: Optional[Tensor] = None
-    ) -> Dict[str, Tensor]:
-        """x: [B, C, H, W] -> {name: [B, embed_dim]}, each block's output averaged over patch
-        tokens (before the final norm). Stops after the deepest requested block."""
+    def forward_maps(self, x: Tensor, names: Sequence[str]) -> Dict[str, Tensor]:
+        """x: [B, C, H, W] -> {name: [B, embed_dim, H/p, W/p]}, each named block's output patch
+        tokens (before the final norm) laid out on the patch grid. Stops after the deepest
+        requested block."""
         unknown = set(names) - set(self.layer_names)
         if unknown:
             last = len(self.blocks) - 1
             raise ValueError(f"unknown ViT layers {sorted(unknown)}; have block0..block{last}")
         wanted = {int(n[len("block"):]) for n in names}
         out: Dict[str, Tensor] = {}
-        x = self.embed(x, keep)
+        h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+        x = self.embed(x)
         for i, block in enumerate(self.blocks[: max(wanted, default=-1) + 1]):
             x = block(x)
             if i in wanted:
-                out[f"block{i}"] = x[:, self.num_prefix_tokens :].mean(dim=1)
+                out[f"block{i}"] = x[:, self.num_prefix_tokens:].transpose(1, 2).reshape(x.shape[0], -1, h, w)
         return {n: out[n] for n in names}
+
+    def forward_layers(self, x: Tensor, names: Sequence[str]) -> Dict[str, Tensor]:
+        """x: [B, C, H, W] -> {name: [B, embed_dim]}, each block's output averaged over patch
+        tokens (before the final norm)."""
+        return {n: m.mean(dim=(2, 3)) for n, m in self.forward_maps(x, names).items()}
 
 
 def _build(embed_dim: int, depth: int, num_heads: int):
