@@ -1,7 +1,13 @@
 """Feature extraction from a frozen backbone, done once and cached for every evaluator.
 
-`FeatureCache` holds the features of one encoder per (images, layer, resolution): k-NN, the
-linear probe and every protocol after them in one invocation read the same extracted features.
+`FeatureCache` holds the features of one encoder per (images, layer or pool grid, resolution):
+k-NN, the linear probe and every protocol after them in one invocation read the same extracted
+features.
+
+The pooled multi-layer feature (`pool=g`, eval.pool) is DCGAN's (Radford et al. 2015, §5.1, g=4;
+Newmu/dcgan_code svhn/svhn_semisup_analysis.py pools each layer to 4x4 the same way): every layer's
+map from `forward_maps`, max-pooled to a g x g grid (adaptive: a smaller map repeats cells),
+flattened channel-major and concatenated in `layer_names` order, [N, sum_l C_l * g * g].
 
 The backbone contract (see `selfsup.backbones`): an `nn.Module` with `dim`, `forward(x) -> [B, dim]`,
 `layer_names`, `layer_dims` and `forward_layers(x, names) -> {name: [B, D_name]}` (pooled).
@@ -14,6 +20,7 @@ import contextlib
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -90,6 +97,7 @@ def extract_features(
     precision: str = "fp32",
     progress: bool = False,
     size: int | None = None,
+    pool: int | None = None,
 ) -> Tensor | dict[str, Tensor]:
     """Runs a frozen backbone over all images and returns float32 features on `device`.
 
@@ -105,9 +113,12 @@ def extract_features(
         precision: "fp32", or "bf16"/"fp16" for autocast on the device type.
         progress: show a tqdm bar.
         size: resize images to size x size before the forward (None: as stored).
+        pool: g: the pooled multi-layer feature of every layer (module docstring) instead of the
+            pooled output; not with `layers`.
 
     Returns:
-        float32 [N, backbone.dim], or a dict of float32 [N, D_name] when `layers` is given.
+        float32 [N, backbone.dim], [N, sum C_l * g * g] with `pool`, or a dict of float32
+        [N, D_name] when `layers` is given.
     """
     _check_images(images)
     if precision not in PRECISIONS:
@@ -116,6 +127,9 @@ def extract_features(
         raise ValueError(f"extract_features: batch_size must be >= 1, got {batch_size}")
     device = torch.device(device) if device is not None else module_device(backbone)
     names = _check_layers(backbone, layers) if layers is not None else None
+    if pool is not None and (pool < 1 or names is not None):
+        raise ValueError(f"extract_features: pool={pool} must be at least 1 and not with layers")
+    every = list(backbone.layer_names) if pool is not None else []
 
     n = images.shape[0]
     # Feed images in the layout the convolution weights are in (the trainer may have made them
@@ -132,7 +146,12 @@ def extract_features(
             x = images[start : start + batch_size].to(device, non_blocking=True)
             x = eval_transform(x, mean, std, size).contiguous(memory_format=layout)  # [b, C, H, W]
             with autocast(device, precision):
-                feats = backbone.forward_layers(x, names) if names is not None else {key: backbone(x)}
+                if pool is not None:
+                    feats = {key: max_pooled_maps(backbone.forward_maps(x, every), pool)}
+                elif names is not None:
+                    feats = backbone.forward_layers(x, names)
+                else:
+                    feats = {key: backbone(x)}
             for name, f in feats.items():
                 if names is not None and name not in names:
                     continue
@@ -147,7 +166,10 @@ def extract_features(
             bar.update(x.shape[0])
 
     if n == 0:  # no forward ran: size the empty outputs from the declared dimensions
-        if names is None:
+        if pool is not None:
+            dim = sum(int(backbone.layer_dims[name]) for name in every) * pool * pool
+            out[key] = torch.empty(0, dim, device=device)
+        elif names is None:
             out[key] = torch.empty(0, int(backbone.dim), device=device)
         else:
             out = {name: torch.empty(0, int(backbone.layer_dims[name]), device=device) for name in names}
@@ -159,8 +181,14 @@ def extract_features(
     return {name: out[name] for name in names}
 
 
+def max_pooled_maps(maps: dict[str, Tensor], grid: int) -> Tensor:
+    """{name: [B, C, h, w]} -> [B, sum C * grid * grid]: each map max-pooled to grid x grid
+    (adaptive), flattened channel-major, concatenated in the dict's order."""
+    return torch.cat([F.adaptive_max_pool2d(m, grid).flatten(1) for m in maps.values()], dim=1)
+
+
 class FeatureCache:
-    """The features of one frozen encoder, extracted once per (images, layer, size).
+    """The features of one frozen encoder, extracted once per (images, layer or pool grid, size).
 
     backbone, mean, std, batch_size, device, precision, progress: as in `extract_features`.
     Images are recognised by identity (the cache keeps a reference, so an id is never reused):
@@ -174,14 +202,27 @@ class FeatureCache:
         self.backbone = backbone
         self.mean, self.std = mean, std
         self.kwargs = dict(batch_size=batch_size, device=device, precision=precision, progress=progress)
-        self._cache: dict[tuple[int, str | None, int | None], Tensor] = {}
+        # (images id, layer name | None (pooled output) | ("pool", g), size) -> features
+        self._cache: dict[tuple, Tensor] = {}
         self._images: dict[int, Tensor] = {}
         self.extractions = 0  # forward passes over a whole image set, for tests and logs
 
-    def features(self, images: Tensor, layer: str | None = None, size: int | None = None) -> Tensor:
-        """float32 [N, D]: the pooled output (layer None) or `layer`'s pooled output of `images`
-        (uint8 [N, C, H, W]) resized to `size`, extracted on the first request only."""
-        return self.layers(images, [layer], size)[layer]
+    def features(self, images: Tensor, layer: str | None = None, size: int | None = None,
+                 pool: int | None = None) -> Tensor:
+        """float32 [N, D]: the pooled output (layer None), `layer`'s pooled output, or with
+        `pool` (layer None) every layer max-pooled to a pool x pool grid and concatenated, of
+        `images` (uint8 [N, C, H, W]) resized to `size`, extracted on the first request only."""
+        if pool is None:
+            return self.layers(images, [layer], size)[layer]
+        if layer is not None:
+            raise ValueError(f"FeatureCache.features: pool={pool} spans every layer; layer must be None")
+        key = (id(images), ("pool", pool), size)
+        self._images.setdefault(id(images), images)
+        if key not in self._cache:
+            self._cache[key] = extract_features(self.backbone, images, self.mean, self.std, size=size,
+                                                pool=pool, **self.kwargs)
+            self.extractions += 1
+        return self._cache[key]
 
     def layers(self, images: Tensor, layers: Sequence[str | None], size: int | None = None
                ) -> dict[str | None, Tensor]:
