@@ -8,6 +8,7 @@
     selfsup eval finetune runs/quick-20261122-101500 --recipe finetune_quick_cifar10
     selfsup eval finetune runs/quick-20261122-101500 --random-init      # the baseline
     selfsup eval linear runs/quick-20261122-101500 eval.layer=all       # every layer, one pass
+    selfsup eval linear runs/quick-20261122-101500 eval.pool=4          # DCGAN's: layers max-pooled 4x4
     selfsup eval linear runs/quick-20261122-101500 --checkpoints        # loss against probe
     selfsup report runs/quick-20261122-101500                 # RUN/report.html
     selfsup report RUN_A RUN_B -o compare.html                # several runs side by side
@@ -143,6 +144,10 @@ def _evaluate(args) -> dict:
     test = load_dataset(src.name, src.test_split, root=root, image_size=src.image_size, strict=d.strict)
     check_same_classes(train, test, f"{key}.train_split={src.train_split!r} of {src.name}",
                        f"{key}.test_split={src.test_split!r}")
+    if not transfer:  # the run's own data, with the channels it trained on (data.channels)
+        from selfsup.train.trainer import with_channels
+
+        train, test = with_channels(train, d.channels), with_channels(test, d.channels)
     stats = run.read_stats()
     if transfer and stats is None:
         raise ConfigError(f"{run.normalization} is missing: a transfer evaluation needs the "
@@ -463,7 +468,7 @@ def parser() -> argparse.ArgumentParser:
                    "(trainer.keep_checkpoints=0), with their correlation; writes "
                    "eval_<protocol>_checkpoints.json and .png")
     e.add_argument("overrides", nargs="*", help="key.sub=value, e.g. eval.knn.k=20 eval.layer=layer3 "
-                   "eval.finetune.epochs=10")
+                   "eval.pool=4 eval.finetune.epochs=10")
     e.set_defaults(func=_evaluate)
 
     rp = sub.add_parser("report", help="a self-contained HTML report of a run, or a comparison of "

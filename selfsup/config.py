@@ -53,6 +53,9 @@ class DataConfig:
     caption_templates: give a labelled dataset captions made from its class names, one per
         template ("a photo of a {}."; the empty list: selfsup.data.captions.TEMPLATES), for
         image-text methods; null: no captions made.
+    channels: 1 or 3 to bring the images to that many channels wherever the run's data is loaded
+        (grey repeated to RGB, RGB to grey by ITU-R 601 luma), e.g. 3 for a colour encoder
+        (backbone.input=L or split) on grey data; null: as the data comes.
     """
 
     name: str = "digits"
@@ -66,6 +69,7 @@ class DataConfig:
     strict: bool = False
     holdout: float = 0.1
     caption_templates: Optional[list[str]] = None
+    channels: Optional[int] = None
 
     def __post_init__(self):
         if not str(self.name).strip():
@@ -74,6 +78,8 @@ class DataConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"data.{name}={value}: must be at least 1 (or null)")
+        if self.channels not in (None, 1, 3):
+            raise ValueError(f"data.channels={self.channels}: must be 1, 3 or null")
         if not 0 < self.holdout < 1:
             raise ValueError(f"data.holdout={self.holdout}: must be in (0, 1)")
         for t in self.caption_templates or []:
@@ -237,6 +243,10 @@ class EvalConfig:
     batch_size: images per feature-extraction batch. layer: which backbone output to probe
     (null: the pooled output; one of the backbone's layer_names, e.g. layer3 or block6; or all:
     every layer, extracted in one pass, one result per layer).
+    pool: null, or g: DCGAN's feature (Radford et al. 2015, §5.1, g=4): every layer of the
+        backbone (its layer_names) max-pooled to a g x g grid, flattened and concatenated, for
+        every frozen protocol (k-NN, linear, fewshot; not fine-tuning). It already spans every
+        layer, so it excludes eval.layer (null with it).
     size: evaluation input size (null: the training view size, views.size); a CNN trained on
         small random crops often does better tested at the images' full size (FixRes, Touvron 2019).
     train_subset / test_subset: `selfsup eval knn|linear` on a seeded, class-stratified subset of
@@ -253,6 +263,7 @@ class EvalConfig:
 
     batch_size: int = 512
     layer: Optional[str] = None
+    pool: Optional[int] = None
     size: Optional[int] = None
     train_subset: Optional[int] = None
     test_subset: Optional[int] = None
@@ -267,10 +278,13 @@ class EvalConfig:
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
 
     def __post_init__(self):
-        for name in ("batch_size", "size", "train_subset", "test_subset", "loss_images"):
+        for name in ("batch_size", "pool", "size", "train_subset", "test_subset", "loss_images"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"eval.{name} must be at least 1 (or null), got {value}")
+        if self.pool is not None and self.layer is not None:
+            raise ValueError(f"eval.pool={self.pool} takes every layer: eval.layer={self.layer!r} "
+                             "must be null with it")
 
 
 @dataclass

@@ -123,6 +123,10 @@ def export(run: str | Path, fmt: str, out: str | Path | None = None, *,
 
 def timm_name(cfg: BackboneConfig) -> str:
     """timm's model name for the backbone `cfg`, or an ExportError saying why it has none."""
+    if cfg.input != "rgb":
+        raise ExportError(f"backbone.input={cfg.input} has no timm counterpart: the encoder converts "
+                          f"its RGB input to Lab itself (selfsup/backbones/colour.py); export it "
+                          f"with --format onnx")
     if cfg.name not in TIMM_MODELS:
         raise ExportError(f"backbone.name={cfg.name} has no timm counterpart (timm exports: "
                           f"{', '.join(TIMM_MODELS)}); export it with --format onnx")

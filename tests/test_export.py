@@ -592,6 +592,7 @@ def test_unknown_format_is_refused_before_anything_is_read(tmp_path):
 @pytest.mark.parametrize("fmt,setting,advice", [
     ("timm", "backbone.name=igpt_s", "--format onnx"),  # timm has no iGPT
     ("timm", "backbone.width=0.125", "--format onnx"),  # nor a ResNet width multiplier
+    ("timm", "backbone.input=L", "--format onnx"),  # nor an encoder that converts RGB to Lab
     ("onnx", "backbone.name=igpt_s", "torch.export"),  # its palette check stops the tracer
 ])
 def test_encoders_a_format_cannot_hold_are_refused_naming_the_setting(tmp_path, fmt, setting, advice):

@@ -52,7 +52,7 @@ def test_every_method_trains_round_trips_and_resumes_exactly(tmp_path, method):
     with torch.no_grad():
         p = Progress(0, 1, 1)
         assert torch.equal(whole.model(views, p).loss, fresh.model(views, p).loss)
-    encoder = load_encoder(run, cfg, in_channels=1)
+    encoder = load_encoder(run, cfg, in_channels=whole.train_set.images.shape[1])  # data.channels
     for k, v in encoder.state_dict().items():
         assert torch.equal(v, after[f"backbone.{k}"])
 

@@ -7,11 +7,13 @@ maps pooled the backbone's way) for per-layer probing. A backbone
 that fits buffers to the data before training (iGPT's palette) names them in `fitted_buffers`.
 """
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence
 
 from torch import nn
 
+from .colour import LabEncoder, SplitLabEncoder
 from .dcgan import DCGANDiscriminator, dcgan
 from .igpt import ImageGPT, igpt_s
 from .resnet import ResNet, resnet18, resnet34, resnet50
@@ -41,6 +43,10 @@ class BackboneConfig:
         k-means over the training pixels when training starts.
     causal: iGPT only. Autoregressive attention (true, method.objective=ar) or bidirectional
         (false, the BERT objective).
+    input: what the encoder sees of the run's RGB images (selfsup/backbones/colour.py). rgb: the
+        images; L: their CIE Lab lightness only (colorization); split: two trunks of half the
+        width, one on L and one on ab, concatenated at every layer (split-brain; ResNet only).
+        L and split need colour images (data.channels=3 repeats grey ones).
     """
 
     name: str = "resnet18"
@@ -55,12 +61,21 @@ class BackboneConfig:
     num_heads: Optional[int] = None
     palette_size: int = 512
     causal: bool = True
+    input: str = "rgb"
 
     def __post_init__(self):
         if self.name not in BACKBONES:
             raise ValueError(f"backbone.name={self.name!r} is not one of {', '.join(sorted(BACKBONES))}")
         if self.pool not in ("mean", "cls"):
             raise ValueError(f"backbone.pool={self.pool!r} is not one of mean, cls")
+        if self.input not in INPUTS:
+            raise ValueError(f"backbone.input={self.input!r} is not one of {', '.join(INPUTS)}")
+        if self.input == "split" and not self.name.startswith("resnet"):
+            raise ValueError(f"backbone.input=split needs a ResNet (two half-width trunks), not "
+                             f"backbone.name={self.name}")
+        if self.input == "L" and self.name == "igpt_s":
+            raise ValueError("backbone.input=L: igpt_s reads palette tokens of RGB pixels; use a "
+                             "ResNet, ViT or dcgan")
         if not 0 <= self.drop_path < 1:
             raise ValueError(f"backbone.drop_path={self.drop_path}: must be in [0, 1)")
         if self.width <= 0:
@@ -71,6 +86,8 @@ class BackboneConfig:
             if value is not None and value < low:
                 raise ValueError(f"backbone.{name}={value}: must be at least {low}")
 
+
+INPUTS = ("rgb", "L", "split")
 
 # name -> builder(cfg, in_channels, image_size); a new backbone is one line here.
 BACKBONES: Dict[str, Callable[[BackboneConfig, int, int], nn.Module]] = {
@@ -85,15 +102,28 @@ BACKBONES: Dict[str, Callable[[BackboneConfig, int, int], nn.Module]] = {
 }
 
 
-def build_backbone(cfg: BackboneConfig, in_channels: int, image_size: int) -> nn.Module:
-    """Build the encoder `cfg.name` for images of `in_channels` channels and side `image_size`."""
+def build_backbone(cfg: BackboneConfig, in_channels: int, image_size: int,
+                   mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None) -> nn.Module:
+    """Build the encoder `cfg.name` for images of `in_channels` channels and side `image_size`.
+    mean, std: the run's per-channel normalisation, which an encoder of backbone.input L or split
+    keeps (to undo it before its Lab conversion); None where weights loaded next bring them."""
     if cfg.name not in BACKBONES:
         raise ValueError(f"backbone.name={cfg.name!r} is not one of {', '.join(sorted(BACKBONES))}")
     if in_channels < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
-    return BACKBONES[cfg.name](cfg, in_channels, image_size)
+    build = BACKBONES[cfg.name]
+    if cfg.input == "rgb":
+        return build(cfg, in_channels, image_size)
+    if in_channels != 3:
+        raise ValueError(f"backbone.input={cfg.input} needs colour images; the data has {in_channels} "
+                         f"channel{'s' if in_channels != 1 else ''}: data.channels=3 repeats grey images "
+                         f"to RGB (their colours are then all grey)")
+    if cfg.input == "L":
+        return LabEncoder(build(cfg, 1, image_size), mean, std)
+    half = dataclasses.replace(cfg, width=cfg.width / 2)
+    return SplitLabEncoder(build(half, 1, image_size), build(half, 2, image_size), mean, std)
 
 
 __all__ = [
@@ -101,7 +131,9 @@ __all__ = [
     "DCGANDiscriminator",
     "BackboneConfig",
     "ImageGPT",
+    "LabEncoder",
     "ResNet",
+    "SplitLabEncoder",
     "VisionTransformer",
     "build_backbone",
     "patchify",

@@ -9,7 +9,10 @@ from selfsup.methods.barlow_twins import BarlowTwins
 from selfsup.methods.beit import BEiT
 from selfsup.methods.byol import BYOL
 from selfsup.methods.clip import CLIP
+from selfsup.methods.colorization import Colorization
+from selfsup.methods.context_encoder import ContextEncoder
 from selfsup.methods.damaged_jigsaw import DamagedJigsaw
+from selfsup.methods.dcgan import DCGAN
 from selfsup.methods.dino import DINO
 from selfsup.methods.ibot import IBOT
 from selfsup.methods.igpt import IGPT
@@ -21,6 +24,7 @@ from selfsup.methods.relpatch import RelPatch
 from selfsup.methods.rotation import Rotation
 from selfsup.methods.simclr import SimCLR
 from selfsup.methods.simsiam import SimSiam
+from selfsup.methods.splitbrain import SplitBrain
 from selfsup.methods.splitmask import SplitMask
 from selfsup.methods.swav import SwAV
 from selfsup.methods.vicreg import VICReg
@@ -30,7 +34,10 @@ METHODS = {
     "beit": BEiT,
     "byol": BYOL,
     "clip": CLIP,
+    "colorization": Colorization,
+    "context_encoder": ContextEncoder,
     "damaged_jigsaw": DamagedJigsaw,
+    "dcgan": DCGAN,
     "dino": DINO,
     "ibot": IBOT,
     "igpt": IGPT,
@@ -42,6 +49,7 @@ METHODS = {
     "rotation": Rotation,
     "simclr": SimCLR,
     "simsiam": SimSiam,
+    "splitbrain": SplitBrain,
     "splitmask": SplitMask,
     "swav": SwAV,
     "vicreg": VICReg,

@@ -25,6 +25,7 @@ from selfsup import distributed as dist
 from selfsup.backbones import build_backbone
 from selfsup.config import Config, ConfigError, ParamSetConfig, to_yaml, view_configs
 from selfsup.data import ImageSet, check_same_classes, dataset_stats, load_dataset
+from selfsup.data.imageset import match_channels
 from selfsup.data.text import Tokenizer
 from selfsup.device import autocast, describe_device, resolve_device, resolve_precision
 from selfsup.eval.features import FeatureCache, frozen_eval
@@ -81,12 +82,27 @@ def prepare_data(cfg: Config, need_test: bool = False
     if d.subset is not None and d.subset < len(train):
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.trainer.seed))
         train = train.subset(pick[: d.subset])
+    train, test = with_channels(train, d.channels), test and with_channels(test, d.channels)
     mean, std = dataset_stats(train)
     return train, test, mean, std
 
 
-def build_model(cfg: Config, in_channels: int) -> nn.Module:
-    backbone = build_backbone(cfg.backbone, in_channels=in_channels, image_size=cfg.views.size)
+def with_channels(ds: ImageSet, channels: int | None) -> ImageSet:
+    """`ds` with `channels` channels (data.channels; None: as it is), by `match_channels`."""
+    if channels is None or ds.images.shape[1] == channels:
+        return ds
+    return ImageSet(match_channels(ds.images, channels), ds.labels, ds.classes, ds.name, ds.texts)
+
+
+def build_model(cfg: Config, in_channels: int, mean: list[float] | None = None,
+                std: list[float] | None = None) -> nn.Module:
+    """The method of `cfg` around its backbone; mean, std: the training data's normalisation,
+    which a colour-input backbone keeps (selfsup/backbones/colour.py)."""
+    backbone = build_backbone(cfg.backbone, in_channels=in_channels, image_size=cfg.views.size,
+                              mean=mean, std=std)
+    # The images it is trained on, (C, H, W), for heads that decode back to pixels and must be
+    # built before any batch is seen (the context encoder's decoder and discriminator).
+    backbone.input_shape = (in_channels, cfg.views.size, cfg.views.size)
     return build_method(cfg.method, backbone)
 
 
@@ -149,7 +165,7 @@ class Trainer:
 
         torch.manual_seed(t.seed)  # same initial weights on every rank, and from run to run
         try:
-            self.model = build_model(cfg, self.train_set.images.shape[1]).to(self.device)
+            self.model = build_model(cfg, self.train_set.images.shape[1], self.mean, self.std).to(self.device)
         except ValueError as e:  # what only the data can refuse (its number of channels)
             raise ConfigError(f"method.name={cfg.method.name} with backbone.name={cfg.backbone.name} "
                               f"on data.name={cfg.data.name}: {e}") from None
