@@ -43,14 +43,7 @@ class DCGANDiscriminator(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.layer_names: List[str] = list(self.layer_dims)
         self.dim: int = cin
-        for m in self.modules():  # §4: all weights from N(0, 0.02); BN scales from N(1, 0.02)
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, 0.0, 0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.normal_(m.weight, 1.0, 0.02)
-                nn.init.zeros_(m.bias)
+        dcgan_init(self)
 
     def forward_maps(self, x: Tensor, names: Sequence[str]) -> Dict[str, Tensor]:
         """x: [B, C, H, W] -> {name: [B, layer_dims[name], h, w]}. Stops after the deepest
@@ -80,6 +73,19 @@ class DCGANDiscriminator(nn.Module):
     def forward_layers(self, x: Tensor, names: Sequence[str]) -> Dict[str, Tensor]:
         """{name: [B, layer_dims[name]]}, each map averaged over its positions."""
         return {n: m.mean(dim=(2, 3)) for n, m in self.forward_maps(x, names).items()}
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """§4: convolution weights from N(0, 0.02), biases 0; batch-norm scales from N(1, 0.02),
+    shifts 0 (dcgan.torch's and the context encoder's weights_init)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
 
 
 def dcgan(cfg, in_channels: int, image_size: int) -> DCGANDiscriminator:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup.backbones.dcgan import DCGANDiscriminator
+from selfsup.backbones.dcgan import DCGANDiscriminator, dcgan_init
 from selfsup.losses import gan_discriminator_loss, gan_generator_loss
 from selfsup.parts.gan import Discriminator
 from selfsup.protocol import Output, ParamSet, Progress
@@ -194,14 +194,7 @@ def up_decoder(cin: int, cout: int, side: int, size: int) -> nn.Sequential:
             layers += [nn.BatchNorm2d(nxt), nn.ReLU(inplace=True)]
         cin = nxt
     dec = nn.Sequential(*layers)
-    for m in dec.modules():  # train.lua's weights_init (DCGAN's)
-        if isinstance(m, nn.ConvTranspose2d):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.normal_(m.weight, 1.0, 0.02)
-            nn.init.zeros_(m.bias)
+    dcgan_init(dec)  # train.lua's weights_init, DCGAN's
     return dec
 
 

@@ -45,7 +45,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from selfsup.backbones.dcgan import DCGANDiscriminator
+from selfsup.backbones.dcgan import DCGANDiscriminator, dcgan_init
 from selfsup.losses import gan_discriminator_loss, gan_generator_loss
 from selfsup.parts.gan import Discriminator
 from selfsup.protocol import Output, ParamSet, Progress
@@ -77,19 +77,6 @@ class DCGANConfig:
             raise ValueError(f"method.noise={self.noise!r} is not one of uniform, normal")
         if self.width is not None and self.width <= 0:
             raise ValueError(f"method.width={self.width}: must be positive (or null)")
-
-
-def dcgan_init(module: nn.Module) -> None:
-    """§4: convolution weights from N(0, 0.02); batch-norm scales from N(1, 0.02), shifts 0
-    (dcgan.torch's weights_init)."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.normal_(m.weight, 1.0, 0.02)
-            nn.init.zeros_(m.bias)
 
 
 class Generator(nn.Module):
