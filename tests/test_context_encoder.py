@@ -116,7 +116,6 @@ def test_bottleneck_is_fully_connected_within_each_channel_and_only_there():
 
 def test_decoder_resizes_to_a_view_that_is_no_power_of_two_times_the_map():
     bb = build_backbone(BackboneConfig(width=0.125), in_channels=3, image_size=28)
-    bb.input_shape = (3, 28, 28)  # what trainer.build_model records
     model = ContextEncoder(ContextEncoderConfig(mask="regions", adversarial_weight=0.0), bb)
     masked, x, hole = model.prepare([torch.randn(2, 3, 28, 28)], gen(0))
     assert model.inpaint(masked).shape == (2, 3, 28, 28)  # 28 -> layer4 4x4 -> 32 -> resized

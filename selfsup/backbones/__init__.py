@@ -3,8 +3,9 @@
 Every backbone maps images `[B, C, H, W]` to pooled features `[B, dim]` and exposes
 `layer_names`, `layer_dims`, `forward_maps(x, names) -> {name: [B, layer_dims[name], h, w]}` (each
 layer's feature map on its spatial grid) and `forward_layers(x, names) -> {name: [B, D]}` (those
-maps pooled the backbone's way) for per-layer probing. A backbone
-that fits buffers to the data before training (iGPT's palette) names them in `fitted_buffers`.
+maps pooled the backbone's way) for per-layer probing, and `input_shape` (C, H, W), the images
+it was built for. A backbone that fits buffers to the data before training (iGPT's palette)
+names them in `fitted_buffers`.
 """
 
 import dataclasses
@@ -113,6 +114,15 @@ def build_backbone(cfg: BackboneConfig, in_channels: int, image_size: int,
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
+    backbone = _build(cfg, in_channels, image_size, mean, std)
+    # The images it is built for, (C, H, W): for heads that decode back to pixels and must be
+    # built before any batch is seen (the context encoder's decoder and discriminator).
+    backbone.input_shape = (in_channels, image_size, image_size)
+    return backbone
+
+
+def _build(cfg: BackboneConfig, in_channels: int, image_size: int,
+           mean: Optional[Sequence[float]], std: Optional[Sequence[float]]) -> nn.Module:
     build = BACKBONES[cfg.name]
     if cfg.input == "rgb":
         return build(cfg, in_channels, image_size)

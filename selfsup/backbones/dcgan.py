@@ -5,9 +5,9 @@ The paper's architecture guidelines (§3): strided convolutions instead of pooli
 every layer but the discriminator's input layer, LeakyReLU (slope 0.2) throughout, no fully
 connected hidden layers, weights drawn from N(0, 0.02). Each layer is a 4x4 convolution of stride
 2 that halves the side and doubles the channels (64, 128, 256, ... times `width`), until the map
-is at most 4x4: three layers for 32 px images (4x4), four for 64 px, three for 28 px (3x3). The 4x4 convolution to one real/fake logit
-is the GAN's head and lives with the method (selfsup/methods/dcgan.py), so the exported encoder
-is the discriminator's trunk. Its pooled output is the last map's mean; the paper's own features
+is at most 4x4: three layers for 32 px images (4x4), four for 64 px, three for 28 px (3x3). The
+convolution over the last map to one real/fake logit is the GAN's head (selfsup/parts/gan.py),
+so the exported encoder is the discriminator's trunk. Its pooled output is the last map's mean; the paper's own features
 (every layer max-pooled to 4x4, §5.1) are the evaluators' `eval.pool` setting.
 """
 

@@ -34,7 +34,7 @@ from torch import nn
 
 from selfsup.backbones.colour import lab_to_srgb, l_input
 from selfsup.parts.colour_bins import (PixelHead, ab_bins, annealed_mean, empirical_prior, not_grey,
-                                       rebalance_weights, soft_cross_entropy, soft_encode)
+                                       rebalance_weights, require_input, soft_cross_entropy, soft_encode)
 from selfsup.protocol import Output, Progress
 
 
@@ -82,10 +82,8 @@ class Colorization(nn.Module):
 
     def __init__(self, cfg: ColorizationConfig, backbone: nn.Module):
         super().__init__()
-        if getattr(backbone, "input", "rgb") != "L":
-            raise ValueError(f"method.name=colorization needs backbone.input=L (the encoder sees the "
-                             f"lightness, the method predicts the colours); got backbone.input="
-                             f"{getattr(backbone, 'input', 'rgb')}")
+        require_input(backbone, "L", "colorization", "the encoder sees the lightness, the method "
+                      "predicts the colours")
         self.cfg = cfg
         self.backbone = backbone
         self.last = backbone.layer_names[-1]

@@ -205,10 +205,7 @@ class ContextEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
-        shape = getattr(backbone, "input_shape", None)  # set by selfsup.train.trainer.build_model
-        if shape is None:
-            raise ValueError("method.name=context_encoder needs backbone.input_shape (C, H, W), "
-                             "which selfsup.train.trainer.build_model sets")
+        shape = backbone.input_shape  # (C, H, W), recorded by build_backbone
         self.channels, self.size = shape[0], shape[-1]
         self.layer = backbone.layer_names[-1]
         was = backbone.training

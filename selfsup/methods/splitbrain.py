@@ -24,7 +24,7 @@ from torch import nn
 
 from selfsup.backbones.colour import ab_input, lab_to_srgb, l_input
 from selfsup.parts.colour_bins import (PixelHead, ab_bins, annealed_mean, l_bins, quantise_l,
-                                       soft_cross_entropy, soft_encode)
+                                       require_input, soft_cross_entropy, soft_encode)
 from selfsup.protocol import Output, Progress
 
 
@@ -61,10 +61,7 @@ class SplitBrain(nn.Module):
 
     def __init__(self, cfg: SplitBrainConfig, backbone: nn.Module):
         super().__init__()
-        if getattr(backbone, "input", "rgb") != "split":
-            raise ValueError(f"method.name=splitbrain needs backbone.input=split (two half-width "
-                             f"trunks, on L and on ab); got backbone.input="
-                             f"{getattr(backbone, 'input', 'rgb')}")
+        require_input(backbone, "split", "splitbrain", "two half-width trunks, on L and on ab")
         self.cfg = cfg
         self.backbone = backbone
         self.last = backbone.layer_names[-1]

@@ -19,6 +19,14 @@ from selfsup.backbones.colour import srgb_to_lab
 
 
 @functools.lru_cache(maxsize=4)
+def require_input(backbone: nn.Module, wanted: str, method: str, why: str) -> None:
+    """The colour methods' one check of what their encoder sees (backbone.input)."""
+    got = getattr(backbone, "input", "rgb")
+    if got != wanted:
+        raise ValueError(f"method.name={method} needs backbone.input={wanted} ({why}); got "
+                         f"backbone.input={got}")
+
+
 def _gamut_bins(grid: int, samples: int) -> Tensor:
     # For a fixed ab the sRGB colours with it form a curve through the cube whose ends lie on the
     # cube's surface, so the six faces reach every ab the cube reaches: sampling them on a fine

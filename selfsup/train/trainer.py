@@ -100,9 +100,6 @@ def build_model(cfg: Config, in_channels: int, mean: list[float] | None = None,
     which a colour-input backbone keeps (selfsup/backbones/colour.py)."""
     backbone = build_backbone(cfg.backbone, in_channels=in_channels, image_size=cfg.views.size,
                               mean=mean, std=std)
-    # The images it is trained on, (C, H, W), for heads that decode back to pixels and must be
-    # built before any batch is seen (the context encoder's decoder and discriminator).
-    backbone.input_shape = (in_channels, cfg.views.size, cfg.views.size)
     return build_method(cfg.method, backbone)
 
 
