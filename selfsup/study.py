@@ -217,7 +217,9 @@ def _train(study: Study, run: RunSpec, cfg, run_dir: Path, path: Path, log) -> d
 
     folder = RunFolder(run_dir)
     if folder.config.exists():
-        had = OmegaConf.to_container(OmegaConf.load(folder.config), resolve=True)
+        # Read through the config classes, so that a setting added to selfsup since the run was
+        # trained counts as its default rather than as a difference.
+        had = OmegaConf.to_container(OmegaConf.create(to_yaml(build_config(folder.config, []))), resolve=True)
         want = OmegaConf.to_container(OmegaConf.create(to_yaml(cfg)), resolve=True)
         diff = _differences(want, had)
         if diff:

@@ -107,6 +107,12 @@ def test_killed_mid_run_and_started_again_it_gives_the_same_table(uninterrupted,
     assert len(read_metrics(runs / "half", "start")) == 2  # started, then resumed
     assert read_metrics(runs / "half", "start")[1]["step"] == 4
 
+    # A setting added to selfsup after a run was trained (here data.shuffle_buffer, taken out of
+    # its config) counts as its default, not as a difference.
+    config = runs / "all" / "config.yaml"
+    config.write_text("\n".join(line for line in config.read_text().splitlines() if "shuffle_buffer" not in line))
+    assert "shuffle_buffer" not in config.read_text() and "workers" in config.read_text()
+
     # Started a third time, nothing is trained or evaluated again.
     def refuse(*a, **k):
         raise AssertionError("nothing should run")
