@@ -35,7 +35,7 @@ from selfsup.train.trainer import Trainer, step_seed
 
 def measure(trainer: Trainer, steps: int) -> tuple[float, float]:
     """(images/s of full training steps, seconds per augmentation call / seconds per step)."""
-    x = trainer.images[: trainer.local_batch].to(trainer.device)
+    x = trainer.feed.images[: trainer.local_batch].to(trainer.device)
     g = torch.Generator(device=trainer.device)
 
     def sync():

@@ -102,8 +102,10 @@ def _evaluate(args) -> dict:
     import dataclasses
 
     from selfsup.config import build_config, view_configs
-    from selfsup.data import ImageSet, check_same_classes, dataset_stats, load_dataset
-    from selfsup.data.imageset import channel_mapping, match_channels
+    from selfsup.data import check_same_classes, dataset_stats, load_dataset
+    from selfsup.data.imageset import channel_mapping
+    from selfsup.data.shards import is_shards
+    from selfsup.data.stream import ShardSet, open_shards
     from selfsup.device import resolve_device, resolve_precision
     from selfsup.eval.features import FeatureCache
     from selfsup.eval.finetune import finetune
@@ -111,6 +113,7 @@ def _evaluate(args) -> dict:
     from selfsup.eval.subsets import stratified_subset
     from selfsup.run import find_run_dir, load_encoder, load_method
     from selfsup.runfolder import RunFolder
+    from selfsup.train.trainer import with_channels
 
     protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
     known = [*PROTOCOLS, "finetune", *TEXT_PROTOCOLS]
@@ -136,17 +139,20 @@ def _evaluate(args) -> dict:
     src = e if transfer else d
     key = "eval.data" if transfer else "data"
     root = (e.root or d.root) if transfer else d.root
-    train = load_dataset(src.name, src.train_split, root=root, image_size=src.image_size, strict=d.strict)
+    def load(split: str):  # a shards folder is streamed, never held in memory as images
+        if is_shards(src.name):
+            return open_shards(src.name, split, src.image_size, workers=d.workers)
+        return load_dataset(src.name, split, root=root, image_size=src.image_size, strict=d.strict)
+
+    train = load(src.train_split)
     if train.labels is None:
         raise ConfigError(f"{key}.name={src.name!r} split {src.train_split!r} has no labels to evaluate with")
     if not src.test_split:
         raise ConfigError(f"{key}.test_split is null: name a labelled split to test on")
-    test = load_dataset(src.name, src.test_split, root=root, image_size=src.image_size, strict=d.strict)
+    test = load(src.test_split)
     check_same_classes(train, test, f"{key}.train_split={src.train_split!r} of {src.name}",
                        f"{key}.test_split={src.test_split!r}")
     if not transfer:  # the run's own data, with the channels it trained on (data.channels)
-        from selfsup.train.trainer import with_channels
-
         train, test = with_channels(train, d.channels), with_channels(test, d.channels)
     stats = run.read_stats()
     if transfer and stats is None:
@@ -157,8 +163,7 @@ def _evaluate(args) -> dict:
     if transfer:  # the encoder's own channels and evaluation size; said in every protocol line
         channels, c = len(mean), train.images.shape[1]
         mapping = channel_mapping(c, channels)
-        train = ImageSet(match_channels(train.images, channels), train.labels, train.classes, train.name)
-        test = ImageSet(match_channels(test.images, channels), test.labels, test.classes, test.name)
+        train, test = with_channels(train, channels), with_channels(test, channels)
         eval_size = cfg.eval.size or cfg.views.size
         h = test.images.shape[-1]
         transfer_note = (f"; transfer: encoder pretrained on {d.name}, evaluated on {src.name}"
@@ -174,6 +179,10 @@ def _evaluate(args) -> dict:
     size = cfg.eval.size or cfg.views.size
     in_channels = train.images.shape[1]
     train_set, test_set = subsets.get("train", train), subsets.get("test", test)
+    fine_tunes = "finetune" in protocols or ("fewshot" in protocols and cfg.eval.fewshot.finetune)
+    if isinstance(train, ShardSet) and fine_tunes:
+        raise ConfigError(f"{key}.name={src.name} is shards, which are streamed, and fine-tuning holds its "
+                          f"training images in memory: not from shards yet (k-NN, linear and fewshot stream)")
     subset_note = transfer_note + "".join(f"; {name}: a seeded, class-stratified subset of the {name} split"
                                           for name in subsets)
     if args.checkpoints:
@@ -434,6 +443,41 @@ def _recipes(args) -> int:
     return 0
 
 
+def _shards(args) -> int:
+    """`selfsup shards SOURCE OUT`: write shards; `selfsup shards --verify OUT`: check them."""
+    from selfsup.data.shards import ShardSplit, read_manifest, write_shards
+
+    if args.verify:
+        if len(args.paths) != 1:
+            raise ConfigError("shards --verify takes one folder: selfsup shards --verify OUT")
+        folder = Path(args.paths[0]).expanduser()
+        for split in read_manifest(folder)["splits"]:
+            s = ShardSplit(folder, split)
+            s.verify()
+            print(f"{split}: {len(s)} images in {len(s.files)} shard(s), every checksum as the manifest says")
+        return 0
+    if len(args.paths) != 2:
+        raise ConfigError("shards takes a source and a new folder: selfsup shards SOURCE OUT")
+    splits = tuple(x.strip() for x in args.splits.split(",") if x.strip())
+    if not splits:
+        raise ConfigError("--splits is empty: name the splits to write, e.g. train,test")
+    source, out = args.paths
+    m = write_shards(source, out, splits, args.shard_size, args.image_size, args.format, args.quality,
+                     root=args.root, strict=args.strict,
+                     optional_splits=("test",) if args.splits == DEFAULT_SPLITS else ())
+    for split, s in m["splits"].items():
+        size = "x".join(map(str, s["size"][::-1])) if s["size"] else "various sizes"
+        total = sum(e["bytes"] for e in s["shards"])
+        print(f"{split}: {s['images']} images ({size}, {s['channels']} channel(s)) in {len(s['shards'])} "
+              f"shard(s), {total / 2**20:.1f} MiB; {len(s['classes']) if s['classes'] else 'no'} classes"
+              + (f"; {s['skipped']} unreadable image(s) skipped" if s["skipped"] else ""))
+    print(f"written: {Path(out) / 'manifest.json'}; train on it with data.name={out}")
+    return 0
+
+
+DEFAULT_SPLITS = "train,test"
+
+
 def _config(args) -> int:
     print(to_yaml(load_config(args.recipe, args.overrides)), end="")
     return 0
@@ -499,11 +543,29 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("recipes", help="list the shipped recipes and studies")
     r.set_defaults(func=_recipes)
 
+    sh = sub.add_parser("shards", help="write a dataset as WebDataset-style tar shards with a manifest "
+                        "and index, to stream it in training and evaluation (data.name=OUT)")
+    sh.add_argument("paths", nargs="+", metavar="SOURCE OUT", help="a dataset name or path (as "
+                    "data.name takes) and a new or empty folder; with --verify, the folder only")
+    sh.add_argument("--splits", default=DEFAULT_SPLITS, help="splits to write (default: train,test; "
+                    "test left out where the source has none)")
+    sh.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
+    sh.add_argument("--image-size", type=int, help="resize (shorter side, centre crop) and re-encode")
+    sh.add_argument("--format", choices=["png", "jpg", "webp"], help="re-encode every image so "
+                    "(default: image files kept as they are, array datasets as PNG)")
+    sh.add_argument("--quality", type=int, default=90, help="JPEG and WebP quality (default 90)")
+    sh.add_argument("--root", help="data root for dataset names (default $SELFSUP_DATA)")
+    sh.add_argument("--strict", action="store_true", help="stop at an unreadable image (default: "
+                    "skip it, warn, count it in the manifest)")
+    sh.add_argument("--verify", action="store_true", help="check every shard of OUT against the "
+                    "manifest's checksums")
+    sh.set_defaults(func=_shards)
+
     c = sub.add_parser("config", help="print a recipe's resolved configuration")
     c.add_argument("--recipe", "-r", default="quick")
     c.add_argument("overrides", nargs="*")
     c.set_defaults(func=_config)
-    for command in (p, e, rp, st, x, r, c):  # also accepted after the command
+    for command in (p, e, rp, st, x, sh, r, c):  # also accepted after the command
         command.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
                              help=argparse.SUPPRESS)
     return ap

@@ -56,6 +56,13 @@ class DataConfig:
     channels: 1 or 3 to bring the images to that many channels wherever the run's data is loaded
         (grey repeated to RGB, RGB to grey by ITU-R 601 luma), e.g. 3 for a colour encoder
         (backbone.input=L or split) on grey data; null: as the data comes.
+    For a shards folder (`selfsup shards`; name is its path), streamed rather than loaded
+    (selfsup/data/stream.py), with image_size the size images are decoded to:
+    workers: decoding processes per training process (0: decode in the training process).
+    shuffle_buffer: images in each worker's shuffle buffer.
+    decode_crop: [min, max] area fraction of a random-resized crop made while decoding (ratio
+        3/4 to 4/3; the views then crop again within it); null: whole images (shorter side,
+        centre crop), the pixels an image folder read with data.image_size gives.
     """
 
     name: str = "digits"
@@ -70,6 +77,9 @@ class DataConfig:
     holdout: float = 0.1
     caption_templates: Optional[list[str]] = None
     channels: Optional[int] = None
+    workers: int = 2
+    shuffle_buffer: int = 1000
+    decode_crop: Optional[list[float]] = None
 
     def __post_init__(self):
         if not str(self.name).strip():
@@ -82,6 +92,12 @@ class DataConfig:
             raise ValueError(f"data.channels={self.channels}: must be 1, 3 or null")
         if not 0 < self.holdout < 1:
             raise ValueError(f"data.holdout={self.holdout}: must be in (0, 1)")
+        if self.workers < 0 or self.shuffle_buffer < 1:
+            raise ValueError(f"data.workers={self.workers}, data.shuffle_buffer={self.shuffle_buffer}: "
+                             f"workers must be at least 0 and the buffer at least 1")
+        c = self.decode_crop
+        if c is not None and not (len(c) == 2 and 0 < c[0] <= c[1] <= 1):
+            raise ValueError(f"data.decode_crop={c}: must be [min, max] with 0 < min <= max <= 1, or null")
         for t in self.caption_templates or []:
             if t.count("{}") != 1:
                 raise ValueError(f"data.caption_templates: {t!r} must hold one {{}} for the class name")

@@ -33,7 +33,7 @@ def trainer(tmp_path_factory):
 
 def inputs(trainer, n, seed):
     """The method's inputs (masked, image, hole) for the first n training images."""
-    x, texts = trainer.batch(torch.arange(n))
+    x, texts = trainer.feed.gather(torch.arange(n))
     return trainer.make_views(x, seed, texts)
 
 

@@ -131,7 +131,7 @@ def test_each_players_step_changes_only_that_player(tmp_path):
     which backpropagates through the discriminator, moves the generator's only."""
     trainer = Trainer(tiny_config("dcgan", f"trainer.out={tmp_path}"), run_dir=tmp_path / "run")
     model = trainer.model.train()
-    x, _ = trainer.batch(torch.arange(32))
+    x, _ = trainer.feed.gather(torch.arange(32))
     views = trainer.make_views(x, aug_seed=3)
     assert [s.name for s in trainer.sets] == ["discriminator", "generator"]
     for s in trainer.sets:  # the method's defaults: Adam (AdamW without decay), beta1 0.5

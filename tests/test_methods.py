@@ -57,7 +57,7 @@ def test_config_and_hooks_follow_the_protocol(built):
 def test_every_set_reaches_its_parameters_and_buffers_wait_for_the_step(built):
     method, trainer = built
     model = trainer.model
-    x, texts = trainer.batch(torch.arange(32))  # texts: an image-text method's captions
+    x, texts = trainer.feed.gather(torch.arange(32))  # texts: an image-text method's captions
     views = trainer.make_views(x, aug_seed=3, texts=texts)
     again = trainer.make_views(x, aug_seed=3, texts=texts)
     assert all(torch.equal(a, b) for a, b in zip(views, again)), "draws must follow the seed only"

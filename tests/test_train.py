@@ -46,7 +46,7 @@ def test_every_method_trains_round_trips_and_resumes_exactly(tmp_path, method):
     assert state["step"] == whole.total_steps
     fresh = Trainer(cfg, run_dir=run)
     assert fresh.resume() and fresh.step == whole.total_steps
-    x, texts = whole.batch(torch.arange(8))  # texts: an image-text method's captions
+    x, texts = whole.feed.gather(torch.arange(8))  # texts: an image-text method's captions
     views = whole.make_views(x, aug_seed=0, texts=texts)
     whole.model.eval(), fresh.model.eval()
     with torch.no_grad():
@@ -138,7 +138,7 @@ def test_sets_step_in_order_and_each_backward_reaches_its_own_set_only(tmp_path)
 
     encoder.loss = spy
     start = [p.detach().clone() for p in critic.params]
-    losses = trainer.train_step(trainer.images[:64], aug_seed=1)
+    losses = trainer.train_step(trainer.feed.images[:64], aug_seed=1)
     assert set(losses) == {"critic", "encoder"}
     assert all(not torch.equal(a, b) for a, b in zip(start, seen["critic"]))  # stepped first
     assert all(torch.equal(a, b) for a, b in zip(seen["critic"], critic.params))

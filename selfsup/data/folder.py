@@ -233,7 +233,7 @@ def _is_flat(group: list[Entry]) -> bool:
             or all(len(e.parts) == 2 and e.parts[0].lower() == "images" for e in group))
 
 
-def _select(listing: Listing, split: str, source: Path) -> tuple[list[Entry], list[str] | None, int]:
+def select_split(listing: Listing, split: str, source: Path) -> tuple[list[Entry], list[str] | None, int]:
     """The entries of `split` with their class names set, the class names (None when
     unlabelled), and how many loose files were ignored beside class folders."""
     prefix = _strip_wrappers(listing.images)
@@ -359,7 +359,7 @@ def read_image_folder(
     kind = "tar" if is_tar(path) else "folder"
     if not listing.images:
         raise DataError(f"no images in the {kind} {path} (extensions read: {' '.join(FORMATS)})")
-    entries, classes, loose = _select(listing, split, path)
+    entries, classes, loose = select_split(listing, split, path)
     if loose:
         warnings.warn(f"{path}: ignored {loose} image(s) lying beside the class folders", DataWarning, stacklevel=3)
     if not entries:

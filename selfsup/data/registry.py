@@ -114,6 +114,17 @@ def load_dataset(
     return ds
 
 
+def official_layout(path: Path) -> bool:
+    """Whether `load_path` reads `path` by an official layout (CIFAR, STL-10, idx, npz) rather
+    than as a folder or tar of image files."""
+    lower = path.name.lower()
+    if path.is_dir():
+        return ((path / cifar.CIFAR10.meta).is_file() or (path / cifar.CIFAR100.meta).is_file()
+                or any((path / x).is_file() for x, _ in stl10.SPLITS.values())
+                or any(idx.find_idx(path, f"{p}-images-idx3-ubyte") for p in idx.PREFIX.values()))
+    return not is_tar(path) or lower in (cifar.CIFAR10.archive, cifar.CIFAR100.archive, stl10.ARCHIVE)
+
+
 def load_path(path: Path, req: LoadRequest, holdout: float = 0.1, seed: int = 0) -> ImageSet:
     """Read a dataset given by its location, recognising the official layouts by their files.
     holdout, seed: as in load_dataset."""

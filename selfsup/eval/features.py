@@ -60,7 +60,9 @@ def frozen_eval(module: nn.Module):
         yield module
 
 
-def _check_images(images: Tensor) -> None:
+def _check_images(images) -> None:
+    if hasattr(images, "chunks"):  # streamed from shards (selfsup/data/stream.py StreamImages)
+        return
     if not isinstance(images, Tensor):
         raise TypeError(f"extract_features: images must be a torch.Tensor, got {type(images).__name__}")
     if images.dtype != torch.uint8 or images.dim() != 4:
@@ -104,7 +106,8 @@ def extract_features(
     Args:
         backbone: module following the backbone contract; used in eval mode, its previous
             train/eval flags restored afterwards.
-        images: uint8 [N, C, H, W] on any device; moved one chunk at a time to `device`.
+        images: uint8 [N, C, H, W] on any device, or images streamed from shards
+            (`selfsup.data.stream.StreamImages`); moved one chunk at a time to `device`.
         mean, std: per-channel normalisation in [0, 1] pixel units (length C, or 1).
         batch_size: images per forward pass.
         device: where the forward runs and the features stay (the backbone must already be
@@ -142,8 +145,8 @@ def extract_features(
     out: dict[str, Tensor] = {}  # name -> [N, D_name], allocated once the first chunk shows D
     key = "__pooled__"
     with frozen_eval(backbone), tqdm(total=n, unit="img", desc="features", disable=not progress) as bar:
-        for start in range(0, n, batch_size):
-            x = images[start : start + batch_size].to(device, non_blocking=True)
+        for start, x in _chunks(images, batch_size):
+            x = x.to(device, non_blocking=True)
             x = eval_transform(x, mean, std, size).contiguous(memory_format=layout)  # [b, C, H, W]
             with autocast(device, precision):
                 if pool is not None:
@@ -179,6 +182,19 @@ def extract_features(
     if missing:
         raise ValueError(f"extract_features: {type(backbone).__name__}.forward_layers did not return {missing}")
     return {name: out[name] for name in names}
+
+
+def _chunks(images, batch_size: int):
+    """(start, uint8 [b, C, H, W]) over `images` in order: slices of a tensor, or the chunks a
+    stream decodes (`StreamImages.chunks`)."""
+    if hasattr(images, "chunks"):
+        start = 0
+        for x in images.chunks(batch_size):
+            yield start, x
+            start += x.shape[0]
+    else:
+        for start in range(0, images.shape[0], batch_size):
+            yield start, images[start : start + batch_size]
 
 
 def max_pooled_maps(maps: dict[str, Tensor], grid: int) -> Tensor:

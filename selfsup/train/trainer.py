@@ -26,6 +26,8 @@ from selfsup.backbones import build_backbone
 from selfsup.config import Config, ConfigError, ParamSetConfig, to_yaml, view_configs
 from selfsup.data import ImageSet, check_same_classes, dataset_stats, load_dataset
 from selfsup.data.imageset import match_channels
+from selfsup.data.shards import is_shards
+from selfsup.data.stream import ShardSet
 from selfsup.data.text import Tokenizer
 from selfsup.device import autocast, describe_device, resolve_device, resolve_precision
 from selfsup.eval.features import FeatureCache, frozen_eval
@@ -35,6 +37,7 @@ from selfsup.methods import build_method
 from selfsup.protocol import Output, Progress, hook, method_inputs, param_sets, set_parameters
 from selfsup.runfolder import RunFolder, default_run_dir
 from selfsup.schedules import cosine_schedule, warmup_cosine
+from selfsup.train.feed import MemoryFeed, StreamFeed, prepare_shards
 from selfsup.train.checkpoint import (CheckpointError, CheckpointWarning, checkpoints, latest_checkpoint,
                                       load_checkpoint, remove_partial, save_checkpoint, save_weights,
                                       verify_checkpoint)
@@ -50,10 +53,6 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return (seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2**63 - 1)
 
 
-def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 10_007 + epoch))
-
-
 def run_length(n_images: int, epochs: float, batch_size: int) -> tuple[int, int]:
     """(steps per epoch, total steps) of a run over `n_images` in global batches of
     `batch_size`: the last partial batch of an epoch is dropped; at least one step."""
@@ -65,8 +64,11 @@ def prepare_data(cfg: Config, need_test: bool = False
                  ) -> tuple[ImageSet, ImageSet | None, list[float], list[float]]:
     """(train, test, mean, std) of the run's data: the test split where the training split is
     labelled (or `need_test`), both captioned from their class names with data.caption_templates,
-    the training split cut to data.subset, and its per-channel statistics."""
+    the training split cut to data.subset, and its per-channel statistics. A shards folder gives
+    streamed sets and the statistics its manifest holds (`selfsup.train.feed.prepare_shards`)."""
     d = cfg.data
+    if is_shards(d.name):
+        return prepare_shards(cfg, need_test)
     kw = dict(root=d.root, image_size=d.image_size, strict=d.strict, holdout=d.holdout, seed=cfg.trainer.seed)
     train = load_dataset(d.name, d.train_split, download=d.download, **kw)
     test = None
@@ -87,10 +89,13 @@ def prepare_data(cfg: Config, need_test: bool = False
     return train, test, mean, std
 
 
-def with_channels(ds: ImageSet, channels: int | None) -> ImageSet:
-    """`ds` with `channels` channels (data.channels; None: as it is), by `match_channels`."""
+def with_channels(ds: ImageSet | ShardSet, channels: int | None) -> ImageSet | ShardSet:
+    """`ds` with `channels` channels (data.channels; None: as it is), by `match_channels` (a
+    ShardSet: decoded with them)."""
     if channels is None or ds.images.shape[1] == channels:
         return ds
+    if isinstance(ds, ShardSet):
+        return ShardSet(ds.split, ds.size, channels, ds.ids, ds.workers)
     return ImageSet(match_channels(ds.images, channels), ds.labels, ds.classes, ds.name, ds.texts)
 
 
@@ -153,12 +158,7 @@ class Trainer:
         if t.batch_size % self.world:
             raise ConfigError(f"trainer.batch_size={t.batch_size} must divide among {self.world} processes")
         self.local_batch = t.batch_size // self.world
-        self.steps_per_epoch, self.total_steps = run_length(len(self.train_set), t.epochs, t.batch_size)
-        if self.steps_per_epoch == 0:
-            raise ConfigError(f"trainer.batch_size={t.batch_size} is larger than the training set "
-                             f"({len(self.train_set)} images)")
         store = self.device if cfg.data.on_device else torch.device("cpu")
-        self.images = self.train_set.images.to(store)
 
         torch.manual_seed(t.seed)  # same initial weights on every rank, and from run to run
         try:
@@ -166,7 +166,17 @@ class Trainer:
         except ValueError as e:  # what only the data can refuse (its number of channels)
             raise ConfigError(f"method.name={cfg.method.name} with backbone.name={cfg.backbone.name} "
                               f"on data.name={cfg.data.name}: {e}") from None
-        self.tokenizer, self.texts = self._tokenize(store)
+        self.tokenizer, texts = self._tokenize(store)
+        if isinstance(self.train_set, ImageSet):
+            self.feed = MemoryFeed(self.train_set, texts, store, self.device, t.seed, dist.rank(),
+                                   self.local_batch, t.batch_size)
+        else:
+            self.feed = StreamFeed(self.train_set, cfg, self.device, dist.rank(), self.world, self.local_batch)
+        self.steps_per_epoch = self.feed.steps_per_epoch
+        self.total_steps = max(1, round(t.epochs * self.steps_per_epoch))
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"trainer.batch_size={t.batch_size} is larger than the training set "
+                              f"({len(self.train_set)} images) can fill")
         if dist.is_distributed() and t.sync_bn and self.device.type == "cuda":
             # BatchNorm statistics over the global batch (SimCLR appendix B.1); GPUs only in torch.
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -233,7 +243,7 @@ class Trainer:
     def save(self) -> None:
         if not dist.is_main():
             return
-        state = {"step": self.step, "torch_rng": torch.get_rng_state(),
+        state = {"step": self.step, "torch_rng": torch.get_rng_state(), "stream": self.feed.state(),
                  "optimizers": {s.name: s.optimizer.state_dict() for s in self.sets}}
         save_checkpoint(self.run.checkpoints, self.model.state_dict(), state, self.step,
                         keep=self.cfg.trainer.keep_checkpoints)
@@ -290,6 +300,7 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         weights, state = load_checkpoint(path, verify=False)
+        self.feed.check(state.get("stream", {}))
         try:
             self.model.load_state_dict(weights)
             for s in self.sets:
@@ -339,13 +350,6 @@ class Trainer:
             set_lr(s.optimizer, lrs[-1], wd)
         return lrs[0]
 
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The training images at `idx` (uint8 [B, C, H, W] on the device) and, for an image-text
-        method, their caption tokens [B, K, T] and which exist [B, K]."""
-        idx = idx.to(self.images.device)
-        texts = [t[idx].to(self.device, non_blocking=True) for t in self.texts]
-        return self.images[idx].to(self.device, non_blocking=True), texts
-
     @torch.no_grad()
     def make_views(self, x: torch.Tensor, aug_seed: int,
                    texts: list[torch.Tensor] = ()) -> list[torch.Tensor]:
@@ -359,11 +363,7 @@ class Trainer:
     def sample_views(self, n: int, seed: int) -> list[torch.Tensor]:
         """The method's inputs (as `make_views` gives them) for `n` training images picked with
         `seed`: what a codebook is built from and what the pictures show."""
-        pick = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed))[:n]
-        parts = []
-        for i, idx in enumerate(pick.split(self.local_batch)):
-            x, texts = self.batch(idx)
-            parts.append(self.make_views(x, seed + i, texts))
+        parts = [self.make_views(x, seed + i, texts) for i, (x, texts) in enumerate(self.feed.pick(n, seed))]
         return [torch.cat(p) for p in zip(*parts)]
 
     def train_step(self, x: torch.Tensor, aug_seed: int,
@@ -412,7 +412,7 @@ class Trainer:
                 test_images=len(self.test_set) if self.test_set is not None else 0,
                 backbone_params=sum(p.numel() for p in self.model.backbone.parameters()),
                 method_params=sum(p.numel() for p in self.model.parameters()), torch=torch.__version__)
-        rank, n = dist.rank(), len(self.train_set)
+        rank = dist.rank()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (main and t.progress),
                    desc=f"{self.cfg.method.name}", unit="step", dynamic_ncols=True)
         train_time, window_start = 0.0, time.perf_counter()
@@ -425,10 +425,8 @@ class Trainer:
         self.model.train()
         try:
             while self.step < self.total_steps:
-                epoch, i = divmod(self.step, self.steps_per_epoch)
-                perm = epoch_permutation(n, t.seed, epoch)
-                lo = i * t.batch_size + rank * self.local_batch
-                x, texts = self.batch(perm[lo: lo + self.local_batch])
+                epoch = self.step // self.steps_per_epoch
+                x, texts = self.feed.batch(self.step)
                 lr = self.set_schedules()
                 window.add(self.train_step(x, step_seed(t.seed, rank, self.step), texts))
                 self.step += 1
@@ -462,8 +460,10 @@ class Trainer:
                         self._log_knn(log, train_time)
                     dist.barrier()
                     window_start = time.perf_counter()
+            self.feed.close()
             result = self.finish(log, train_time)
         finally:
+            self.feed.close()
             bar.close()
             log.close()
         return result
