@@ -27,6 +27,7 @@ def require_input(backbone: nn.Module, wanted: str, method: str, why: str) -> No
                          f"backbone.input={got}")
 
 
+@functools.lru_cache(maxsize=4)
 def _gamut_bins(grid: int, samples: int) -> Tensor:
     # For a fixed ab the sRGB colours with it form a curve through the cube whose ends lie on the
     # cube's surface, so the six faces reach every ab the cube reaches: sampling them on a fine
@@ -43,7 +44,12 @@ def _gamut_bins(grid: int, samples: int) -> Tensor:
             faces.append(f)
     rgb = torch.cat(faces).T.reshape(1, 3, -1, 1)
     ab = srgb_to_lab(rgb)[0, 1:, :, 0].T  # [P, 2]
-    return torch.unique(torch.round(ab / grid).long(), dim=0).float() * grid  # sorted by a, then b
+    q = torch.round(ab / grid).long()
+    low = q.amin(0)
+    q = q - low
+    span = int(q[:, 1].max()) + 1
+    key = torch.unique(q[:, 0] * span + q[:, 1])  # one integer per bin, sorted by a, then b
+    return (torch.stack([key // span, key % span], 1) + low).float() * grid
 
 
 def ab_bins(grid: float = 10, samples: int = 256) -> Tensor:
