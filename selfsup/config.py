@@ -9,6 +9,8 @@ the method it names, looked up in the method registry.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -340,10 +342,17 @@ def shipped_or_path(name: str, folder: Path, what: str) -> Path:
     raise ConfigError(f"no {what} {name!r}: not a shipped {what} ({', '.join(names)}) nor a .yaml path")
 
 
+@functools.lru_cache(maxsize=None)
+def _schema(cls: type) -> DictConfig:
+    """A config class's defaults as a structured DictConfig, built once per class (building one
+    is most of a config's cost); `OmegaConf.merge` copies it, so it is never changed."""
+    return OmegaConf.structured(cls)
+
+
 def _merge(schema_obj: Any, *sources: Any, prefix: str = "") -> DictConfig:
     """Sources merged over the dataclass's defaults; OmegaConf's own message (which suggests the
     closest key for a misspelling) plus the dotted key."""
-    base = OmegaConf.structured(schema_obj)
+    base = _schema(schema_obj) if isinstance(schema_obj, type) else OmegaConf.structured(schema_obj)
     try:
         return OmegaConf.merge(base, *sources)
     except OmegaConfBaseException as e:
@@ -431,7 +440,7 @@ def build_config(*sources: Any) -> Config:
     if name not in METHODS:
         raise ConfigError(f"method.name={name!r} is not one of: {', '.join(sorted(METHODS))}")
     method_cfg = _merge(METHODS[name].config_class, cfg.method, prefix="method.")
-    with_method = OmegaConf.merge(OmegaConf.structured(Config), {"method": {}})
+    with_method = OmegaConf.merge(_schema(Config), {"method": {}})
     OmegaConf.set_struct(with_method, False)
     merged = OmegaConf.merge(with_method, cfg)
     merged.method = method_cfg
@@ -449,7 +458,8 @@ def view_configs(cfg: Config) -> list[ViewConfig]:
     draws, in the order the method receives them."""
     out = [cfg.views]
     for i, changes in enumerate(cfg.extra_views):
-        merged = _merge(cfg.views, OmegaConf.create(dict(changes)), prefix=f"extra_views.{i}.")
+        merged = _merge(ViewConfig, dataclasses.asdict(cfg.views), OmegaConf.create(dict(changes)),
+                        prefix=f"extra_views.{i}.")
         try:
             out.append(_to_object(merged))
         except ConfigError as e:
