@@ -9,6 +9,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from conftest import tiny_config
+import selfsup.train.feed as feed
+from selfsup.data.shards import write_shards
 from selfsup.distributed import gather_with_grad, init_distributed, rank, world_size
 from selfsup.losses import nt_xent
 from selfsup.methods import METHODS
@@ -79,14 +81,48 @@ def train_every_method(out: Path) -> dict:
     return results
 
 
+def train_from_shards(out: Path) -> dict:
+    """SimCLR for one epoch on PNG shards of the digits, each rank with one decoding worker
+    process: the image indices every rank's loader yielded, the steps, and the weights' sums."""
+    folder = out / "digit-shards"
+    if rank() == 0:
+        write_shards("digits", folder, per_shard=100, progress=False)
+    dist.barrier()
+    seen, real = [], feed.load_batches
+
+    def recording(*args, **kwargs):  # the real loader's batches, their indices noted on the way
+        batches = real(*args, **kwargs)
+        try:
+            for x, ids in batches:
+                seen.extend(ids.tolist())
+                yield x, ids
+        finally:
+            batches.close()
+
+    feed.load_batches = recording
+    try:
+        cfg = tiny_config("simclr", "trainer.epochs=1", "trainer.knn_every=0", "trainer.threads=1",
+                          f"data.name={folder}", "data.workers=1", f"trainer.out={out}")
+        trainer = Trainer(cfg, run_dir=out / "from-shards")
+        trainer.fit()
+    finally:
+        feed.load_batches = real
+    every = [None] * world_size()
+    dist.all_gather_object(every, {"seen": seen, "weights": sum(p.double().sum().item() for p in
+                                                                 trainer.model.parameters())})
+    return {"seen": [e["seen"] for e in every], "weights": [e["weights"] for e in every],
+            "steps": trainer.step, "steps_per_epoch": trainer.steps_per_epoch}
+
+
 def main(out: Path) -> None:
     init_distributed(torch.device("cpu"))
     errors = gathered_loss_matches_single_process()
     queue_ok = queue_holds_every_ranks_keys()
     methods = train_every_method(out)
+    shards = train_from_shards(out)
     if rank() == 0:
         (out / "result.json").write_text(json.dumps({
-            **errors, "queue_ok": queue_ok, "world": world_size(), "methods": methods}))
+            **errors, "queue_ok": queue_ok, "world": world_size(), "methods": methods, "shards": shards}))
     dist.destroy_process_group()
 
 
