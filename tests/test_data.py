@@ -453,3 +453,41 @@ def test_real_cifar10_jpg():
     assert torch.bincount(test.labels).tolist() == [1000] * 10
     mean, _ = dataset_stats(test)
     assert np.allclose(mean, [0.4913, 0.4821, 0.4465], atol=0.01)  # README's (train) channel means
+
+
+def test_jpeg_decoded_by_libjpeg_turbo_directly_gives_pils_pixels(tmp_path):
+    """decode() takes grey and colour JPEGs past PIL (selfsup/data/decode.py _turbo_jpeg): the
+    pixels must be PIL's, for every subsampling and progressive files; EXIF (orientation), CMYK
+    and damaged files go through PIL as before."""
+    from selfsup.data.decode import _turbo_jpeg, decode, to_array, upright
+
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), np.ones((4, 4, 1), np.uint8))
+    files = {}
+    for name, mode, kw in (("420", "RGB", {"subsampling": 2}), ("444", "RGB", {"subsampling": 0}),
+                           ("422", "RGB", {"subsampling": 1}), ("progressive", "RGB", {"progressive": True}),
+                           ("grey", "L", {}), ("cmyk", "CMYK", {})):
+        buf = io.BytesIO()
+        Image.fromarray(smooth).convert(mode).save(buf, "JPEG", quality=90, **kw)
+        files[name] = buf.getvalue()
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: PIL turns it upright
+    Image.fromarray(smooth).save(buf, "JPEG", quality=90, exif=exif)
+    files["exif"] = buf.getvalue()
+    for name, data in files.items():
+        with Image.open(io.BytesIO(data)) as img:
+            want = to_array(upright(img))
+        fast = _turbo_jpeg(data)
+        assert (fast is None) == (name in ("cmyk", "exif")), name
+        if fast is not None:
+            assert fast.shape == want.shape and np.array_equal(fast, want), name
+        assert np.array_equal(decode(data, "JPEG", None), want), name
+        path = tmp_path / f"{name}.jpg"
+        path.write_bytes(data)
+        assert np.array_equal(decode(str(path), "JPEG", 20), decode(data, "JPEG", 20)), name
+    assert decode(files["exif"], "JPEG", None).shape == (64, 48, 3)  # turned upright
+    cut = files["420"][: len(files["420"]) // 2]
+    assert _turbo_jpeg(cut) is None
+    with pytest.raises(OSError):
+        decode(cut, "JPEG", None)

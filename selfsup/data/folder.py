@@ -301,7 +301,7 @@ def _decode_chunk(chunk: list[Entry], image_size: int | None) -> list[np.ndarray
 
 
 def _decode_all(entries: list[Entry], image_size: int | None) -> list[np.ndarray | Exception]:
-    """Decode in a thread pool: PIL releases the GIL while decoding, and threads need no
+    """Decode in a thread pool: PIL and simplejpeg release the GIL while decoding, and threads need no
     pickling of bytes or arrays between processes. More threads than cores measured faster
     (the GIL-holding header parsing of one image overlaps the decoding of others)."""
     chunks = [entries[i : i + _CHUNK] for i in range(0, len(entries), _CHUNK)]

@@ -177,7 +177,7 @@ class BatchTasks(torch.utils.data.Dataset):
 
 
 def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)  # decoding is PIL's; the host's cores belong to the training process
+    torch.set_num_threads(1)  # decoding needs no torch threads; the cores belong to the training process
 
 
 def load_batches(tasks: BatchTasks, start: int = 0, workers: int = 0,
