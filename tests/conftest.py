@@ -80,3 +80,19 @@ def tiny_config(method: str, *extra: str):
     del recipe["method"]
     return build_config(recipe, [*TINY, f"method.name={method}",
                                  *METHODS[method].config_class.tiny, *extra])
+
+
+class Killed(Exception):
+    """A run killed on purpose (see `die_after_checkpoint`)."""
+
+
+def die_after_checkpoint(trainer, step: int) -> None:
+    """`trainer` raises Killed right after saving its checkpoint at `step`: a run killed there."""
+    save = trainer.save
+
+    def save_then_die():
+        save()
+        if trainer.step == step:
+            raise Killed
+
+    trainer.save = save_then_die

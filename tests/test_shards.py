@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_config
+from conftest import Killed, die_after_checkpoint, tiny_config
 from selfsup.cli import main
 from selfsup.config import ConfigError
 from selfsup.data import DataError, dataset_stats, load_dataset
@@ -136,10 +136,6 @@ def _run(tmp_path, name, shards=None, *extra):
     return cfg, Trainer(cfg, run_dir=tmp_path / name)
 
 
-class _Killed(Exception):
-    pass
-
-
 def test_a_streamed_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(digits_shards, tmp_path, capsys):
     extra = ("trainer.epochs=1.5", "trainer.checkpoint_every_steps=5", "trainer.knn_every=1")
     _, whole = _run(tmp_path, "whole", digits_shards, *extra)
@@ -149,15 +145,8 @@ def test_a_streamed_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(di
     assert read_metrics(whole.run_dir, "knn"), "online k-NN on the streamed test split"
 
     _, cut = _run(tmp_path, "cut", digits_shards, *extra)
-    save = cut.save
-
-    def save_then_die():
-        save()
-        if cut.step == 10:
-            raise _Killed
-
-    cut.save = save_then_die
-    with pytest.raises(_Killed):
+    die_after_checkpoint(cut, 10)
+    with pytest.raises(Killed):
         cut.fit()
     _, resumed = _run(tmp_path, "cut", digits_shards, *extra)
     assert resumed.resume() and resumed.step == 10

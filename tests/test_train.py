@@ -5,7 +5,7 @@ NaNs mid-run: tests/test_faults.py."""
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import Killed, die_after_checkpoint, tiny_config
 from selfsup.config import ConfigError
 from selfsup.methods import METHODS
 from selfsup.protocol import Output, Progress
@@ -17,10 +17,6 @@ from selfsup.train.trainer import Trainer
 
 def tiny(tmp_path, *extra, method="simclr"):
     return tiny_config(method, f"trainer.out={tmp_path}", *extra)
-
-
-class _Killed(Exception):
-    pass
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -58,15 +54,8 @@ def test_every_method_trains_round_trips_and_resumes_exactly(tmp_path, method):
 
     # Exact resume from the step-6 checkpoint.
     cut = Trainer(cfg, run_dir=tmp_path / "cut")
-    save = cut.save
-
-    def save_then_die():
-        save()
-        if cut.step == 6:
-            raise _Killed
-
-    cut.save = save_then_die
-    with pytest.raises(_Killed):
+    die_after_checkpoint(cut, 6)
+    with pytest.raises(Killed):
         cut.fit()
     resumed = Trainer(cfg, run_dir=tmp_path / "cut")
     assert resumed.resume() and resumed.step == 6
