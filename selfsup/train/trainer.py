@@ -372,8 +372,11 @@ class Trainer:
         method's views (drawn from `aug_seed`), then for each parameter set in order its loss
         under autocast, backward, clip and optimizer step, then the method's per-step state.
         Returns {set name: detached loss}; the method's metrics are kept in `last_metrics`."""
+        return self.step_on(self.make_views(x, aug_seed, texts))
+
+    def step_on(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`train_step` on views made elsewhere (a benchmark's baseline pipeline, for one)."""
         progress = self.progress()
-        views = self.make_views(x, aug_seed, texts)
         after = hook(self.model, "on_after_backward")
         losses, metrics, state = {}, {}, {}
         for s in self.sets:
