@@ -161,7 +161,6 @@ def measure(trainer: Trainer, steps: int, workers: int) -> dict[str, float]:
 
     base = timed(lambda i: trainer.step_on(next_views()), steps, dev)
     loader_only = timed(lambda i: next_views(), steps, dev)
-    del batches, loader
     return {"ours": n_views * b / ours, "aug_share": aug / ours, "aug": n_views * b / aug,
             "baseline": n_views * b / base, "loader": n_views * b / loader_only}
 
