@@ -165,10 +165,11 @@ def _resnet_to_timm(m: ResNet) -> tuple[dict[str, Tensor], dict, dict[str, str]]
     in_chans = m.stem[0].weight.shape[1]
     extra = {}
     if m.cifar_stem:
-        extra = {"timm_stem": "cifar",
+        out, stride = m.stem[0].out_channels, m.stem_stride
+        conv = f"torch.nn.Conv2d({in_chans}, {out}, 3, {f'stride={stride}, ' if stride != 1 else ''}padding=1, bias=False)"
+        extra = {"timm_stem": "cifar", "timm_stem_stride": str(stride),
                  "timm_note": f"CIFAR stem, which timm's ResNet cannot build: before load_state_dict set "
-                              f"model.conv1 = torch.nn.Conv2d({in_chans}, 64, 3, padding=1, bias=False) "
-                              f"and model.maxpool = torch.nn.Identity()"}
+                              f"model.conv1 = {conv} and model.maxpool = torch.nn.Identity()"}
     return state, {"in_chans": in_chans}, extra
 
 

@@ -109,6 +109,19 @@ def test_cifar_stem_auto():
     assert _build("resnet18", cifar_stem=False).stem(x).shape[-1] == 8
 
 
+def test_cifar_stem_stride_halves_every_map_and_needs_the_cifar_stem():
+    x = torch.randn(2, 3, 32, 32)
+    one, two = _build("resnet18", cifar_stem=True), _build("resnet18", cifar_stem=True, stem_stride=2)
+    maps1, maps2 = (m.forward_maps(x, m.layer_names) for m in (one, two))
+    for name in one.layer_names:
+        assert maps2[name].shape[-1] * 2 == maps1[name].shape[-1]
+    assert two(x).shape == one(x).shape  # pooled: the same feature size
+    with pytest.raises(ValueError, match="backbone.stem_stride=2"):
+        _build("resnet18", image_size=96, stem_stride=2)
+    with pytest.raises(ValueError, match="backbone.stem_stride"):
+        _build("resnet18", stem_stride=0)
+
+
 def test_zero_init_residual():
     model = _build("resnet18", zero_init_residual=True)
     assert all(b.bn2.weight.abs().sum() == 0 for b in model.layer1)

@@ -366,6 +366,7 @@ VIT = ["backbone.name=vit_tiny", "backbone.embed_dim=32", "backbone.depth=2", "b
 # encoders whose timm tensors are run below (in memory: the files are tested on smaller runs).
 TIMM_CASES = {
     "resnet18_cifar_stem": (BackboneConfig(name="resnet18", cifar_stem=True), 1, 16, 16),
+    "resnet18_cifar_stem_stride2": (BackboneConfig(name="resnet18", cifar_stem=True, stem_stride=2), 3, 32, 32),
     "resnet50": (BackboneConfig(name="resnet50", cifar_stem=False), 3, 32, 32),
     "vit_cls_eval24": (BackboneConfig(name="vit_tiny", embed_dim=32, depth=2, num_heads=2, patch_size=4,
                                       pool="cls"), 3, 16, 24),
@@ -429,6 +430,8 @@ def test_other_shapes_follow_the_encoder(timm_cases, tmp_path):
     assert state["conv1.weight"].shape == (64, 1, 3, 3) and meta["timm_stem"] == "cifar"
     assert "model.maxpool = torch.nn.Identity()" in meta["timm_note"]
     assert "model.conv1 = torch.nn.Conv2d(1, 64, 3, padding=1, bias=False)" in meta["timm_note"]
+    _, state, meta, _ = timm_cases["resnet18_cifar_stem_stride2"]
+    assert "model.conv1 = torch.nn.Conv2d(3, 64, 3, stride=2, padding=1, bias=False)" in meta["timm_note"]
 
     _, state, meta, _ = timm_cases["vit_mean"]
     assert "cls_token" not in state and state["pos_embed"].shape == (1, 16, 48)
@@ -454,13 +457,13 @@ def test_other_shapes_follow_the_encoder(timm_cases, tmp_path):
 # downsample_conv; PatchEmbed, _pos_embed, Block, Attention, Mlp, forward_head), reading every
 # tensor by timm's name.
 
-def timm_resnet_forward(sd: dict, x: torch.Tensor, cifar_stem: bool) -> torch.Tensor:
+def timm_resnet_forward(sd: dict, x: torch.Tensor, cifar_stem: bool, stem_stride: int = 1) -> torch.Tensor:
     def bn(x, p):
         return F.batch_norm(x, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"],
                             sd[f"{p}.bias"], False, 0.0, 1e-5)
 
-    if cifar_stem:  # the metadata's fix: a 3x3 stride-1 conv1, maxpool an Identity
-        x = F.relu(bn(F.conv2d(x, sd["conv1.weight"], padding=1), "bn1"))
+    if cifar_stem:  # the metadata's fix: a 3x3 conv1 (of the stem's stride), maxpool an Identity
+        x = F.relu(bn(F.conv2d(x, sd["conv1.weight"], stride=stem_stride, padding=1), "bn1"))
     else:
         x = F.relu(bn(F.conv2d(x, sd["conv1.weight"], stride=2, padding=3), "bn1"))
         x = F.max_pool2d(x, 3, stride=2, padding=1)
@@ -519,7 +522,8 @@ def test_timm_tensors_compute_our_features(timm_cases, name):
     x = torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         if meta["timm_model"].startswith("resnet"):
-            got = timm_resnet_forward(state, x, meta.get("timm_stem") == "cifar")
+            got = timm_resnet_forward(state, x, meta.get("timm_stem") == "cifar",
+                                      int(meta.get("timm_stem_stride", 1)))
         else:
             got = timm_vit_forward(state, x, json.loads(meta["timm_kwargs"]))
         want = model(x)

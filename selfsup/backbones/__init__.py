@@ -30,6 +30,8 @@ class BackboneConfig:
     cifar_stem: ResNet only. True: 3x3 stride-1 stem conv and no max-pool, so small images keep
         their resolution; False: ImageNet 7x7 stride-2 conv + max-pool; None: decide from the image
         size (CIFAR stem when image_size <= 64).
+    stem_stride: ResNet with the CIFAR stem only. The stem conv's stride: 2 halves every feature
+        map (a quarter of the cost) while the stem still sees every pixel.
     width: ResNet and DCGAN. Channel multiplier; ResNet stage widths are 64·width, 128·width,
         256·width, 512·width (times 4 for Bottleneck outputs); DCGAN layers 64·width, 128·width, ...
     zero_init_residual: ResNet only. Start each residual branch's last BN at gamma = 0 so every
@@ -52,6 +54,7 @@ class BackboneConfig:
 
     name: str = "resnet18"
     cifar_stem: Optional[bool] = None
+    stem_stride: int = 1
     width: float = 1.0
     zero_init_residual: bool = True
     patch_size: int = 4
@@ -81,7 +84,7 @@ class BackboneConfig:
             raise ValueError(f"backbone.drop_path={self.drop_path}: must be in [0, 1)")
         if self.width <= 0:
             raise ValueError(f"backbone.width={self.width}: must be positive")
-        for name, low in (("patch_size", 1), ("embed_dim", 1), ("depth", 1), ("num_heads", 1),
+        for name, low in (("stem_stride", 1), ("patch_size", 1), ("embed_dim", 1), ("depth", 1), ("num_heads", 1),
                           ("palette_size", 2)):
             value = getattr(self, name)
             if value is not None and value < low:

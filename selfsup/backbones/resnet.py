@@ -99,6 +99,7 @@ class ResNet(nn.Module):
     blocks_per_stage: number of blocks in each of the four stages, e.g. (2, 2, 2, 2).
     in_channels: image channels (1 for grayscale).
     cifar_stem: 3x3 stride-1 stem without max-pool instead of the ImageNet 7x7 stride-2 + max-pool.
+    stem_stride: the CIFAR stem's stride (2 halves every feature map: a quarter of the cost).
     width: channel multiplier on the base widths 64, 128, 256, 512.
     zero_init_residual: zero the last BN gamma of every residual branch.
     """
@@ -111,6 +112,7 @@ class ResNet(nn.Module):
         cifar_stem: bool = False,
         width: float = 1.0,
         zero_init_residual: bool = True,
+        stem_stride: int = 1,
     ):
         super().__init__()
         if width <= 0:
@@ -118,7 +120,7 @@ class ResNet(nn.Module):
         widths = [max(1, int(round(64 * width * 2**i))) for i in range(4)]
         stem_width = widths[0]
         if cifar_stem:
-            stem: List[nn.Module] = [_conv3x3(in_channels, stem_width)]
+            stem: List[nn.Module] = [_conv3x3(in_channels, stem_width, stem_stride)]
         else:
             stem = [nn.Conv2d(in_channels, stem_width, 7, stride=2, padding=3, bias=False)]
         stem += [nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True)]
@@ -139,6 +141,7 @@ class ResNet(nn.Module):
         self.layer_names: List[str] = list(LAYER_NAMES)
         self.dim: int = cin
         self.cifar_stem = bool(cifar_stem)
+        self.stem_stride = stem_stride
         self._init_weights(zero_init_residual)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
@@ -191,6 +194,10 @@ class ResNet(nn.Module):
 def _build(block: Block, blocks_per_stage: Sequence[int]):
     def build(cfg: "BackboneConfig", in_channels: int, image_size: int) -> ResNet:
         cifar_stem = cfg.cifar_stem if cfg.cifar_stem is not None else image_size <= 64
+        if cfg.stem_stride != 1 and not cifar_stem:
+            raise ValueError(f"backbone.stem_stride={cfg.stem_stride} sets the CIFAR stem's stride; "
+                             f"this network has the ImageNet stem (backbone.cifar_stem=false or "
+                             f"images over 64 px)")
         return ResNet(
             block,
             blocks_per_stage,
@@ -198,6 +205,7 @@ def _build(block: Block, blocks_per_stage: Sequence[int]):
             cifar_stem=cifar_stem,
             width=cfg.width,
             zero_init_residual=cfg.zero_init_residual,
+            stem_stride=cfg.stem_stride,
         )
 
     return build
