@@ -6,6 +6,8 @@ normalised squared error, MAE's masked MSE).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -26,33 +28,52 @@ def cross_entropy_accuracy(logits: Tensor, targets: Tensor) -> tuple[Tensor, Ten
 
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float, z_all: Tensor | None = None,
             offset: int = 0) -> tuple[Tensor, Tensor]:
-    """NT-Xent (SimCLR, Chen et al. 2020, eq. 1), averaged over this process's 2B anchors.
+    """NT-Xent (SimCLR, Chen et al. 2020, eq. 1) of two views: `multi_view_nt_xent([z1, z2], ...)`.
 
-    z1, z2: [B, D] embeddings of two views of the same B images (normalised here).
-    z_all: [M, D] normalised embeddings of every process, this one's `cat([z1, z2])` at rows
-        offset..offset+2B (None: single process, z_all is this process's own).
-    Every other row of z_all is a negative of an anchor. Returns the loss and the share of
-    anchors whose positive has the highest similarity.
+    z1, z2: [B, D] embeddings of two views of the same B images. Every other row of z_all is a
+    negative of an anchor; the loss is averaged over this process's 2B anchors.
     """
-    b = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # [2B, D]
+    return multi_view_nt_xent([z1, z2], temperature, z_all, offset)
+
+
+def multi_view_nt_xent(views: Sequence[Tensor], temperature: float, z_all: Tensor | None = None,
+                       offset: int = 0) -> tuple[Tensor, Tensor]:
+    """NT-Xent over V >= 2 views of the same B images: every one of the VB embeddings is an
+    anchor whose positives are the V - 1 other views of its image (each term a softmax over
+    every other row, SupCon's L_out with the image as the label; Khosla et al. 2020, eq. 2);
+    with V = 2 it is SimCLR's NT-Xent exactly.
+
+    views: V tensors [B, D] (normalised here).
+    z_all: [M, D] normalised embeddings of every process, this one's `cat(views)` at rows
+        offset..offset+VB (None: single process, z_all is this process's own).
+    Returns the loss, averaged over anchors and their positives, and the share of anchors
+    whose most similar other row is one of their positives.
+    """
+    v, b = len(views), views[0].shape[0]
+    if v < 2:
+        raise ValueError(f"NT-Xent needs at least 2 views, got {v}")
+    z = F.normalize(torch.cat(views).float(), dim=1)  # [VB, D]
     if z_all is None:
         z_all = z
-    logits = z @ z_all.float().T / temperature  # [2B, M]
-    rows = torch.arange(2 * b, device=z.device)
+    logits = z @ z_all.float().T / temperature  # [VB, M]
+    rows = torch.arange(v * b, device=z.device)
     logits[rows, rows + offset] = float("-inf")  # an anchor is not its own negative
-    positives = (rows + b) % (2 * b) + offset  # view 1 of image i pairs with view 2 of image i
-    loss = F.cross_entropy(logits, positives)
-    acc = (logits.argmax(dim=1) == positives).float().mean()
+    log_p = F.log_softmax(logits, dim=1)
+    own_view, image = rows // b, rows % b
+    others = torch.arange(v, device=z.device).expand(v * b, v)
+    others = others[others != own_view[:, None]].view(v * b, v - 1)  # the other views' indices
+    positives = offset + image[:, None] + b * others  # [VB, V-1] columns of z_all
+    loss = -log_p.gather(1, positives).mean()
+    acc = (logits.argmax(dim=1, keepdim=True) == positives).any(dim=1).float().mean()
     return loss, acc
 
 
-def global_nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
-    """`nt_xent` with the negatives of the global batch: every process's embeddings are gathered
-    (gradients flow back to each process's own), so a run on W processes computes the loss of
-    one process with the whole batch. z1, z2: [B, D] this process's pairs."""
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # [2B, D]
-    return nt_xent(z1, z2, temperature, gather_with_grad(z), offset=rank() * 2 * z1.shape[0])
+def global_nt_xent(views: Sequence[Tensor], temperature: float) -> tuple[Tensor, Tensor]:
+    """`multi_view_nt_xent` with the negatives of the global batch: every process's embeddings
+    are gathered (gradients flow back to each process's own), so a run on W processes computes
+    the loss of one process with the whole batch. views: this process's V tensors [B, D]."""
+    z = F.normalize(torch.cat(list(views)).float(), dim=1)  # [VB, D]
+    return multi_view_nt_xent(views, temperature, gather_with_grad(z), offset=rank() * z.shape[0])
 
 
 def dino_loss(student: Tensor, teacher: Tensor, center: Tensor,

@@ -3,10 +3,11 @@ cross-entropy with accuracy."""
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from selfsup.losses import cross_entropy_accuracy, global_nt_xent, nt_xent
+from selfsup.losses import cross_entropy_accuracy, global_nt_xent, multi_view_nt_xent, nt_xent
 
 
 def reference_nt_xent(z1, z2, tau):
@@ -67,7 +68,7 @@ def test_nt_xent_with_offset_equals_the_global_loss():
 def test_global_nt_xent_on_one_process_is_nt_xent():
     g = torch.Generator().manual_seed(3)
     z1, z2 = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
-    assert torch.equal(global_nt_xent(z1, z2, 0.2)[0], nt_xent(z1, z2, 0.2)[0])
+    assert torch.equal(global_nt_xent([z1, z2], 0.2)[0], nt_xent(z1, z2, 0.2)[0])
 
 
 def test_cross_entropy_accuracy():
@@ -77,3 +78,44 @@ def test_cross_entropy_accuracy():
     assert loss.dtype == torch.float32  # computed in float32 whatever the autocast dtype
     assert math.isclose(loss.item(), F.cross_entropy(logits.float(), targets).item(), rel_tol=1e-6)
     assert math.isclose(acc.item(), 2 / 3, rel_tol=1e-6)
+
+
+def reference_multi_view(views, tau, z_all=None, offset=0):
+    """Loops: every anchor against each other view of its image, over all other rows."""
+    v, b = len(views), views[0].shape[0]
+    z = torch.nn.functional.normalize(torch.cat(views).double(), dim=1)
+    z_all = z if z_all is None else z_all.double()
+    terms = []
+    for a in range(v * b):
+        den = sum(math.exp(float(z[a] @ z_all[k]) / tau) for k in range(len(z_all)) if k != a + offset)
+        for j in range(v):
+            if j != a // b:
+                p = offset + j * b + a % b
+                terms.append(-(float(z[a] @ z_all[p]) / tau - math.log(den)))
+    return sum(terms) / len(terms)
+
+
+def test_multi_view_nt_xent_matches_loops_and_is_nt_xent_for_two_views():
+    g = torch.Generator().manual_seed(4)
+    for v, b, tau in [(3, 4, 0.2), (4, 5, 0.5), (6, 2, 0.1)]:
+        views = [torch.randn(b, 8, generator=g) for _ in range(v)]
+        loss, acc = multi_view_nt_xent(views, tau)
+        assert abs(loss.item() - reference_multi_view(views, tau)) < 1e-5
+        assert 0.0 <= acc.item() <= 1.0
+    z1, z2 = torch.randn(7, 3, generator=g), torch.randn(7, 3, generator=g)
+    assert abs(multi_view_nt_xent([z1, z2], 0.3)[0].item() - reference_nt_xent(z1, z2, 0.3)) < 1e-5
+    # Identical views of distinct images: every anchor finds a positive first.
+    base = torch.randn(16, 32, generator=g)
+    assert multi_view_nt_xent([base, base + 1e-3, base - 1e-3], 0.1)[1].item() == 1.0
+    with pytest.raises(ValueError, match="at least 2 views"):
+        multi_view_nt_xent([base], 0.1)
+
+
+def test_multi_view_nt_xent_with_offset_is_a_ranks_share_of_the_global_loss():
+    g = torch.Generator().manual_seed(5)
+    v, b, w = 3, 4, 2
+    ranks = [[torch.randn(b, 6, generator=g) for _ in range(v)] for _ in range(w)]
+    z_all = torch.cat([torch.nn.functional.normalize(torch.cat(views), dim=1) for views in ranks])
+    for r, views in enumerate(ranks):
+        got = multi_view_nt_xent(views, 0.2, z_all, offset=r * v * b)[0].item()
+        assert abs(got - reference_multi_view(views, 0.2, z_all, r * v * b)) < 1e-5

@@ -5,6 +5,9 @@ Chen, Kornblith, Norouzi, Hinton, 2020. https://arxiv.org/abs/2002.05709
 Two augmented views of every image go through the backbone and a projection MLP; the NT-Xent
 loss pulls the two projections of an image together and pushes them away from the other 2N-2
 projections in the batch, gathered from every process so that the negatives are the global batch.
+
+More views (views.n_views > 2, or extra_views of other sizes: multi-crop) make every other view
+of an image a positive (`losses.multi_view_nt_xent`); with two views it is the paper's loss.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from torch import nn
 
 from selfsup.losses import global_nt_xent
 from selfsup.parts.heads import mlp
+from selfsup.parts.multicrop import encode_crops
 from selfsup.protocol import Output, Progress
 
 
@@ -51,10 +55,10 @@ class SimCLR(nn.Module):
         self.projector = mlp(backbone.dim, cfg.proj_hidden, cfg.proj_dim, cfg.proj_layers)
 
     def forward(self, views: list[torch.Tensor], progress: Progress) -> Output:
-        if len(views) != 2:
-            raise ValueError(f"SimCLR takes 2 views, got {len(views)}: set views.n_views=2")
-        b = views[0].shape[0]
-        # One backbone pass over both views: BN statistics then cover the 2B images, as in the paper.
-        z = self.projector(self.backbone(torch.cat(views)))  # [2B, D]
-        loss, acc = global_nt_xent(z[:b], z[b:], self.cfg.temperature)  # negatives: W*2B - 2
+        if len(views) < 2:
+            raise ValueError(f"SimCLR takes at least 2 views, got {len(views)}: set views.n_views=2")
+        # One backbone pass per size of view: BN statistics then cover every view of that size
+        # in the batch (the paper's 2B images with two views).
+        z = self.projector(encode_crops(self.backbone, views)).chunk(len(views))  # V x [B, D]
+        loss, acc = global_nt_xent(z, self.cfg.temperature)  # negatives: W*VB - V
         return Output(loss, {"contrast_acc": acc})

@@ -115,7 +115,7 @@ class SplitMask(TokenTargets, nn.Module):
         mim_a, acc_a = inpaint(logits_a, half_b)  # A predicts B's tokens
         mim_b, acc_b = inpaint(logits_b, half_a)
         # Negatives from every process, as SimCLR's.
-        contrast, contrast_acc = global_nt_xent(desc_a, desc_b, self.cfg.temperature)
+        contrast, contrast_acc = global_nt_xent([desc_a, desc_b], self.cfg.temperature)
         mim = 0.5 * (mim_a + mim_b)
         loss = self.cfg.mim_weight * mim + self.cfg.contrast_weight * contrast
         return Output(loss, {"mim": mim.detach(), "contrast": contrast.detach(),
