@@ -4,16 +4,21 @@
     python benchmarks/quick_cifar10.py --minutes 3 --knn-every 1
     python benchmarks/quick_cifar10.py --recipe cifar10_simclr --minutes 10 trainer.device=cuda
     python benchmarks/quick_cifar10.py --methods simclr,mocov2,mocov3,byol,dino --minutes 5
+    python benchmarks/quick_cifar10.py --recipes quick_cifar10,cpu15_cifar10 --knn-every 1
 
 1. Times `--steps` training steps and the same number of augmentation-only calls, and prints
    images/s and the share of step time spent making views.
-2. Sizes the run to the budget (epochs = budget x measured images/s / training-set size, a
-   fraction where it falls between two epochs, unless
-   trainer.epochs is overridden), trains with online k-NN every `--knn-every` epochs, and prints
+2. Sizes the run to the budget (trainer.minutes, with epochs = budget x measured images/s /
+   training-set size as the first estimate, unless trainer.epochs is overridden), trains with
+   online k-NN every `--knn-every` epochs, and prints
    k-NN top-1 (k=200, T=0.1 unless the recipe says otherwise) against training wall-clock time,
    which excludes the time spent evaluating.
 3. With --methods, does both for each method's quick recipe at the same training budget and
-   ends with one table of images/s and final k-NN top-1, side by side.
+   ends with one table of images/s and final k-NN top-1, side by side; --recipes does the same
+   for named recipes (the 15-minute record: today's quick_cifar10 against cpu15_cifar10), with
+   the k-NN point nearest each of 5, 10 and 15 minutes of training.
+
+Every table names the device: the CPU's model and AVX/AMX flags, and the precision chosen.
 
 Needs CIFAR-10 in $SELFSUP_DATA (or ../shared/data beside the project).
 """
@@ -22,13 +27,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 
 from selfsup.config import load_config
+from selfsup.device import describe_device
 from selfsup.train.runlog import read_metrics
 from selfsup.train.trainer import Trainer, step_seed
 
@@ -76,8 +81,10 @@ def run(recipe: str, args: argparse.Namespace) -> dict:
     del probe
 
     overrides = list(args.overrides)
-    if not any(o.startswith("trainer.epochs=") for o in overrides):
-        overrides.append(f"trainer.epochs={args.minutes * 60 * ips / n:.3f}")
+    if not any(o.startswith(("trainer.epochs=", "trainer.minutes=")) for o in overrides):
+        # The measured speed is the first estimate; trainer.minutes then ends the run and its
+        # schedule when the budget of training time is spent.
+        overrides += [f"trainer.epochs={args.minutes * 60 * ips / n:.3f}", f"trainer.minutes={args.minutes}"]
     cfg = load_config(recipe, [*base, *overrides])
     trainer = Trainer(cfg, run_dir=Path(args.out) / f"{recipe}-{int(time.time())}")
     wall = time.perf_counter()
@@ -85,12 +92,12 @@ def run(recipe: str, args: argparse.Namespace) -> dict:
     wall = time.perf_counter() - wall
 
     dev = trainer.device
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
+    name = describe_device(dev) + (f", {torch.get_num_threads()} threads" if dev.type == "cpu" else "")
     n_views = trainer.views.n_views
     print(f"\nrecipe {recipe} on {name}; method {cfg.method.name}, backbone {cfg.backbone.name} "
           f"x{cfg.backbone.width}, batch {cfg.trainer.batch_size}, {n_views} views "
           f"({cfg.views.size}px first), precision {trainer.precision}, "
-          f"{cfg.trainer.epochs:g} epochs of {n} images")
+          f"{trainer.step / trainer.steps_per_epoch:.2f} epochs of {n} images")
     print("\n| measure | value |\n| --- | --- |")
     print(f"| training images/s ({n_views} views each) | {ips:.0f} |")
     print(f"| share of step time in augmentation | {100 * aug_share:.1f} % |")
@@ -100,9 +107,19 @@ def run(recipe: str, args: argparse.Namespace) -> dict:
     for r in knn:
         print(f"| {r['epoch']:.2f} | {r['train_time_s'] / 60:.1f} | {r['top1']:.2f} |")
     print(f"\nrun folder: {run_dir}")
-    return {"recipe": recipe, "method": cfg.method.name, "ips": ips, "epochs": cfg.trainer.epochs,
+    return {"recipe": recipe, "method": cfg.method.name, "ips": ips,
+            "epochs": trainer.step / trainer.steps_per_epoch,
             "train_min": knn[-1]["train_time_s"] / 60 if knn else float("nan"),
-            "top1": knn[-1]["top1"] if knn else float("nan")}
+            "top1": knn[-1]["top1"] if knn else float("nan"), "precision": trainer.precision,
+            "device": name, "curve": [(r["train_time_s"] / 60, r["top1"]) for r in knn]}
+
+
+def nearest(curve: list[tuple[float, float]], minutes: float) -> str:
+    """The k-NN point of `curve` [(training minutes, top-1)] nearest `minutes`, as 'top-1 (at min)'."""
+    if not curve:
+        return "-"
+    t, top1 = min(curve, key=lambda c: abs(c[0] - minutes))
+    return f"{top1:.2f} % ({t:.1f} min)"
 
 
 def main() -> None:
@@ -111,6 +128,9 @@ def main() -> None:
     ap.add_argument("--methods", default=None,
                     help="comma-separated methods to compare at the same budget, each with its "
                          "quick CIFAR-10 recipe, e.g. simclr,mocov2,mocov3,byol,dino")
+    ap.add_argument("--recipes", default=None,
+                    help="comma-separated recipes to train one after the other at the same budget, "
+                         "e.g. quick_cifar10,cpu15_cifar10")
     ap.add_argument("--minutes", type=float, default=15.0, help="training wall-clock budget")
     ap.add_argument("--knn-every", type=int, default=2, help="epochs between k-NN evaluations")
     ap.add_argument("--steps", type=int, default=10, help="timed steps for the throughput figures")
@@ -119,12 +139,22 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("SELFSUP_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 
-    if args.methods:
+    if args.recipes:
+        recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    elif args.methods:
         recipes = [recipe_for(m.strip()) for m in args.methods.split(",") if m.strip()]
     else:
         recipes = [args.recipe or "quick_cifar10"]
     results = [run(r, args) for r in recipes]
-    if len(results) > 1:
+    if args.recipes and len(results) > 1:
+        marks = [m for m in (5, 10, 15) if m < args.minutes] + [args.minutes]
+        print(f"\nOne after the other on {results[0]['device']}, {args.minutes:g} min of training each.")
+        print("\n| recipe | precision | images/s | epochs | " + " | ".join(f"k-NN near {m:g} min" for m in marks)
+              + " |\n" + "| --- " * (4 + len(marks)) + "|")
+        for r in results:
+            print(f"| {r['recipe']} | {r['precision']} | {r['ips']:.0f} | {r['epochs']:.2f} | "
+                  + " | ".join(nearest(r["curve"], m) for m in marks) + " |")
+    elif len(results) > 1:
         print(f"\nSame budget for every method: {args.minutes:g} min of training "
               "(epochs sized from each method's measured images/s).")
         print("\n| method | recipe | images/s | epochs | training time (min) | k-NN top-1 (%) |")

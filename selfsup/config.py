@@ -127,6 +127,10 @@ class TrainerConfig:
 
     epochs: passes over the training set, may be fractional (2.5: two and a half); batch_size:
         images per step over all processes.
+    minutes: a training-time budget (evaluations excluded; null: off). The run's length is
+        estimated again from its measured speed at every logged point, so the learning-rate
+        schedule ends when the time does; `epochs` is the first estimate. The length then depends
+        on the machine's speed, so two such runs are not the same run.
     optimizer: sgd | adamw | lars (LARS skips adaptation and weight decay of biases and norms).
     lr: base learning rate for 256 images, scaled by lr_scaling (linear: lr*batch/256,
         sqrt: lr*sqrt(batch/256), none). min_lr: floor of the cosine decay, as a fraction of the peak.
@@ -156,6 +160,7 @@ class TrainerConfig:
     """
 
     epochs: float = 10
+    minutes: Optional[float] = None
     batch_size: int = 256
     optimizer: str = "lars"
     lr: float = 0.3
@@ -197,6 +202,8 @@ class TrainerConfig:
             raise ValueError(f"trainer.device={self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
         if self.epochs <= 0:
             raise ValueError(f"trainer.epochs must be positive, got {self.epochs}")
+        if self.minutes is not None and self.minutes <= 0:
+            raise ValueError(f"trainer.minutes must be positive, got {self.minutes}")
         at_least = {"batch_size": 1, "log_every": 1, "checkpoint_every": 1, "threads": 1, "knn_bank": 1,
                     "checkpoint_every_steps": 0, "keep_checkpoints": 0, "knn_every": -1}
         for name, low in at_least.items():

@@ -67,6 +67,16 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return x / world_size()
 
 
+def broadcast(x: torch.Tensor) -> torch.Tensor:
+    """The main process's `x` on every process; `x` itself on one process. NCCL moves GPU
+    tensors only, so `x` travels through this process's GPU there."""
+    if not is_distributed():
+        return x
+    y = x.to(f"cuda:{torch.cuda.current_device()}") if dist.get_backend() == "nccl" else x.clone()
+    dist.broadcast(y, src=0)
+    return y.to(x.device)
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

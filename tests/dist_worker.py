@@ -2,7 +2,9 @@
 
 import json
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -10,6 +12,7 @@ import torch.nn.functional as F
 
 from conftest import tiny_config
 import selfsup.train.feed as feed
+import selfsup.train.trainer as trainer_module
 from selfsup.data.shards import write_shards
 from selfsup.distributed import gather_with_grad, init_distributed, rank, world_size
 from selfsup.losses import nt_xent
@@ -114,15 +117,37 @@ def train_from_shards(out: Path) -> dict:
             "steps": trainer.step, "steps_per_epoch": trainer.steps_per_epoch}
 
 
+def train_to_budget(out: Path) -> dict:
+    """SimCLR with a 1.8-second budget (trainer.minutes) where rank 1's clock runs twice as fast:
+    alone it would stop at about half rank 0's steps; both ranks' last steps."""
+    cfg = tiny_config("simclr", "trainer.epochs=20", "trainer.minutes=0.03", "trainer.log_every=2",
+                      "trainer.knn_every=-1", "trainer.threads=1", f"trainer.out={out}")
+    trainer = Trainer(cfg, run_dir=out / "budget")
+    asked = trainer.total_steps
+    clock = trainer_module.time
+    if rank() == 1:
+        zero = time.perf_counter()
+        trainer_module.time = SimpleNamespace(perf_counter=lambda: zero + 2 * (time.perf_counter() - zero))
+    try:
+        trainer.fit()
+    finally:
+        trainer_module.time = clock
+    every = [None] * world_size()
+    dist.all_gather_object(every, trainer.step)
+    return {"steps": every, "asked": asked}
+
+
 def main(out: Path) -> None:
     init_distributed(torch.device("cpu"))
     errors = gathered_loss_matches_single_process()
     queue_ok = queue_holds_every_ranks_keys()
     methods = train_every_method(out)
     shards = train_from_shards(out)
+    budget = train_to_budget(out)
     if rank() == 0:
         (out / "result.json").write_text(json.dumps({
-            **errors, "queue_ok": queue_ok, "world": world_size(), "methods": methods, "shards": shards}))
+            **errors, "queue_ok": queue_ok, "world": world_size(), "methods": methods, "shards": shards,
+            "budget": budget}))
     dist.destroy_process_group()
 
 

@@ -43,6 +43,7 @@ SETTINGS = [
     ("quick", ["trainer.lr=-0.1"], ["trainer.lr"]),
     ("quick", ["trainer.epochs=nan"], ["trainer.epochs", "finite"]),
     ("quick", ["trainer.epochs=0"], ["trainer.epochs"]),
+    ("quick", ["trainer.minutes=0"], ["trainer.minutes"]),
     ("quick", ["trainer.epochs=abc"], ["trainer.epochs"]),
     ("quick", ["trainer.warmup_epochs=-5"], ["trainer.warmup_epochs"]),
     ("quick", ["trainer.checkpoint_every=0"], ["trainer.checkpoint_every"]),

@@ -56,3 +56,8 @@ def test_two_process_gloo_run(tmp_path):
     assert len(set(seen[0]) | set(seen[1])) == 2 * 32 * s["steps"] and max(seen[0] + seen[1]) < 1438
     assert s["weights"][0] == s["weights"][1]
     assert read_metrics(tmp_path / "from-shards", "knn")
+
+    # A time budget (trainer.minutes) with rank 1's clock running twice as fast: both ranks take
+    # rank 0's estimate of the run's length and stop together, well short of the 20 epochs.
+    b = res["budget"]
+    assert b["steps"][0] == b["steps"][1] and 0 < b["steps"][0] < b["asked"]

@@ -166,3 +166,44 @@ def test_metrics_may_be_numbers_or_tensors(tmp_path):
     run = trainer.fit()
     row = read_metrics(run, "train")[-1]
     assert row["number"] == 2.5 and row["tensor"] == 0.5
+
+
+def test_a_time_budget_ends_the_run_and_its_schedule_with_the_minutes(tmp_path):
+    """trainer.minutes: 50 epochs asked for, 2.4 s of training allowed; the run is cut to the
+    steps that fit, the cosine schedule reaches its end at the last step, the final checkpoint
+    records the length, and a resume keeps it rather than the epochs' 1,100 steps."""
+    cfg = tiny_config("simclr", "trainer.epochs=50", "trainer.minutes=0.04", "trainer.log_every=2",
+                      "trainer.warmup_epochs=0.2")
+    trainer = Trainer(cfg, run_dir=tmp_path / "run")
+    asked = trainer.total_steps
+    trainer.fit()
+    assert trainer.step == trainer.total_steps < asked
+    assert 0.5 * 2.4 < trainer.train_time < 2.4 + 3  # a step or two past the budget at most
+    logged = read_metrics(tmp_path / "run", "train")
+    peak = max(r["lr"] for r in logged)
+    assert logged[-1]["lr"] < 0.05 * peak  # the schedule ended, not cut off at its height
+    times = [r["train_time_s"] for r in logged]
+    assert times == sorted(times)
+    _, state = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    assert state["total_steps"] == state["step"] == trainer.step and state["train_time_s"] > 1
+    again = Trainer(cfg, run_dir=tmp_path / "run")
+    assert again.resume() and again.total_steps == trainer.step
+    again.release()
+
+
+def test_simclr_takes_more_views_and_crops_of_other_sizes():
+    """Three 16 px views and two 8 px crops: one backbone pass per size, and the loss is the
+    multi-view NT-Xent of the five projections in view order; one view is refused by name."""
+    from selfsup.losses import multi_view_nt_xent
+    from selfsup.parts.multicrop import encode_crops
+
+    cfg = tiny_config("simclr", "views.n_views=3", "extra_views=[{n_views: 2, size: 8}]")
+    trainer = Trainer(cfg)
+    views = trainer.sample_views(16, seed=0)
+    assert [v.shape[-1] for v in views] == [16, 16, 16, 8, 8]
+    model = trainer.model
+    out = model(views, trainer.progress())
+    z = model.projector(encode_crops(model.backbone, views)).chunk(5)
+    assert torch.allclose(out.loss, multi_view_nt_xent(z, cfg.method.temperature)[0], atol=1e-5)
+    with pytest.raises(ValueError, match="views.n_views"):
+        model(views[:1], trainer.progress())

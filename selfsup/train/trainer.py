@@ -184,7 +184,7 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.views = build_view_set(view_configs(cfg), self.mean, self.std)
         self.sets = self._build_sets()
-        self.step = 0
+        self.step, self.train_time = 0, 0.0  # training seconds so far, evaluations excluded
         self._aug = torch.Generator(device=self.device)
         self.last_metrics: dict = {}
 
@@ -243,7 +243,8 @@ class Trainer:
     def save(self) -> None:
         if not dist.is_main():
             return
-        state = {"step": self.step, "torch_rng": torch.get_rng_state(), "stream": self.feed.state(),
+        state = {"step": self.step, "total_steps": self.total_steps, "train_time_s": self.train_time,
+                 "torch_rng": torch.get_rng_state(), "stream": self.feed.state(),
                  "optimizers": {s.name: s.optimizer.state_dict() for s in self.sets}}
         save_checkpoint(self.run.checkpoints, self.model.state_dict(), state, self.step,
                         keep=self.cfg.trainer.keep_checkpoints)
@@ -311,6 +312,9 @@ class Trainer:
                                   f"{self.cfg.backbone.name} (were the settings changed since?): "
                                   f"{str(e).splitlines()[0][:200]}") from None
         self.step = int(state["step"])
+        self.train_time = float(state.get("train_time_s", 0.0))
+        if self.cfg.trainer.minutes is not None:  # a budgeted run's length as it was last estimated
+            self.total_steps = int(state.get("total_steps", self.total_steps))
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, protocols: tuple[str, ...] = ("knn",)) -> dict[str, dict] | None:
@@ -418,7 +422,8 @@ class Trainer:
         rank = dist.rank()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (main and t.progress),
                    desc=f"{self.cfg.method.name}", unit="step", dynamic_ncols=True)
-        train_time, window_start = 0.0, time.perf_counter()
+        window_start = time.perf_counter()
+        session = (self.step, self.train_time)  # where this process started: for the budget's rate
         window = LossWindow()
         init = hook(self.model, "init_from_data")
         if init:  # e.g. a tokenizer's codebook, built once; what it cost goes to the log
@@ -443,7 +448,11 @@ class Trainer:
                     steps = window.steps
                     losses = window.read()
                     now = time.perf_counter()
-                    train_time += now - window_start
+                    self.train_time += now - window_start
+                    if t.minutes is not None:
+                        self.fit_to_budget(*session)
+                        bar.total = self.total_steps
+                        save_now = save_now or self._checkpoint_due(epoch_done)
                     check_finite(losses, f"at step {self.step} (epoch {epoch})",
                                  f"Last good checkpoint: {latest_checkpoint(self.run.checkpoints) or 'none'}. "
                                  "Try a lower trainer.lr, trainer.grad_clip, or trainer.precision=fp32.")
@@ -451,7 +460,7 @@ class Trainer:
                     per_set = {f"loss_{k}": v for k, v in losses.items()} if len(losses) > 1 else {}
                     loss = sum(losses.values())
                     log.log("train", self.step, epoch=self.step / self.steps_per_epoch, loss=loss,
-                            **per_set, lr=lr, images_per_s=ips, train_time_s=train_time,
+                            **per_set, lr=lr, images_per_s=ips, train_time_s=self.train_time,
                             **self.last_metrics)
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", img_s=f"{ips:.0f}")
                     if save_now:
@@ -460,16 +469,25 @@ class Trainer:
                     if (epoch_done and self.step < self.total_steps and t.knn_every > 0
                             and epochs_done % t.knn_every == 0):
                         self.write_pictures(log)
-                        self._log_knn(log, train_time)
+                        self._log_knn(log, self.train_time)
                     dist.barrier()
                     window_start = time.perf_counter()
             self.feed.close()
-            result = self.finish(log, train_time)
+            result = self.finish(log, self.train_time)
         finally:
             self.feed.close()
             bar.close()
             log.close()
         return result
+
+    def fit_to_budget(self, start_step: int, start_time: float) -> None:
+        """trainer.minutes: the run's total steps from the speed measured since this process
+        started (at `start_step`, `start_time` seconds in), so that training ends when the budget
+        does; every rank takes the main process's figure, so that all stop at the same step."""
+        done, spent = self.step - start_step, self.train_time - start_time
+        left = self.cfg.trainer.minutes * 60 - self.train_time
+        total = torch.tensor([self.step + max(0, round(left * done / max(spent, 1e-9)))])
+        self.total_steps = max(self.step, int(dist.broadcast(total)[0]))
 
     def _checkpoint_due(self, epoch_done: bool) -> bool:
         t = self.cfg.trainer
