@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> list[tuple[float, float, float]]:
     os.environ.setdefault("SELFSUP_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     if args.smoke:
         args.steps = min(args.steps, 2)
-        args.minutes, args.at = min(args.minutes, 0.05), "0.02"
+        args.minutes, args.at = min(args.minutes, 0.02), "0.01"
         args.workers = 1 if args.workers is None else args.workers
     workers = args.workers if args.workers is not None else len(os.sched_getaffinity(0))
     cuda = torch.cuda.is_available()

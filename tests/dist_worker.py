@@ -118,9 +118,9 @@ def train_from_shards(out: Path) -> dict:
 
 
 def train_to_budget(out: Path) -> dict:
-    """SimCLR with a 1.8-second budget (trainer.minutes) where rank 1's clock runs twice as fast:
+    """SimCLR with a 1.2-second budget (trainer.minutes) where rank 1's clock runs twice as fast:
     alone it would stop at about half rank 0's steps; both ranks' last steps."""
-    cfg = tiny_config("simclr", "trainer.epochs=20", "trainer.minutes=0.03", "trainer.log_every=2",
+    cfg = tiny_config("simclr", "trainer.epochs=20", "trainer.minutes=0.02", "trainer.log_every=2",
                       "trainer.knn_every=-1", "trainer.threads=1", f"trainer.out={out}")
     trainer = Trainer(cfg, run_dir=out / "budget")
     asked = trainer.total_steps

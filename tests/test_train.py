@@ -169,23 +169,23 @@ def test_metrics_may_be_numbers_or_tensors(tmp_path):
 
 
 def test_a_time_budget_ends_the_run_and_its_schedule_with_the_minutes(tmp_path):
-    """trainer.minutes: 50 epochs asked for, 2.4 s of training allowed; the run is cut to the
+    """trainer.minutes: 50 epochs asked for, 1.5 s of training allowed; the run is cut to the
     steps that fit, the cosine schedule reaches its end at the last step, the final checkpoint
     records the length, and a resume keeps it rather than the epochs' 1,100 steps."""
-    cfg = tiny_config("simclr", "trainer.epochs=50", "trainer.minutes=0.04", "trainer.log_every=2",
+    cfg = tiny_config("simclr", "trainer.epochs=50", "trainer.minutes=0.025", "trainer.log_every=2",
                       "trainer.warmup_epochs=0.2")
     trainer = Trainer(cfg, run_dir=tmp_path / "run")
     asked = trainer.total_steps
     trainer.fit()
     assert trainer.step == trainer.total_steps < asked
-    assert 0.5 * 2.4 < trainer.train_time < 2.4 + 3  # a step or two past the budget at most
+    assert 0.5 * 1.5 < trainer.train_time < 1.5 + 3  # a step or two past the budget at most
     logged = read_metrics(tmp_path / "run", "train")
     peak = max(r["lr"] for r in logged)
     assert logged[-1]["lr"] < 0.05 * peak  # the schedule ended, not cut off at its height
     times = [r["train_time_s"] for r in logged]
     assert times == sorted(times)
     _, state = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
-    assert state["total_steps"] == state["step"] == trainer.step and state["train_time_s"] > 1
+    assert state["total_steps"] == state["step"] == trainer.step and state["train_time_s"] > 0.75
     again = Trainer(cfg, run_dir=tmp_path / "run")
     assert again.resume() and again.total_steps == trainer.step
     again.release()
