@@ -166,7 +166,8 @@ def _resnet_to_timm(m: ResNet) -> tuple[dict[str, Tensor], dict, dict[str, str]]
     extra = {}
     if m.cifar_stem:
         out, stride = m.stem[0].out_channels, m.stem_stride
-        conv = f"torch.nn.Conv2d({in_chans}, {out}, 3, {f'stride={stride}, ' if stride != 1 else ''}padding=1, bias=False)"
+        strided = f"stride={stride}, " if stride != 1 else ""
+        conv = f"torch.nn.Conv2d({in_chans}, {out}, 3, {strided}padding=1, bias=False)"
         extra = {"timm_stem": "cifar", "timm_stem_stride": str(stride),
                  "timm_note": f"CIFAR stem, which timm's ResNet cannot build: before load_state_dict set "
                               f"model.conv1 = {conv} and model.maxpool = torch.nn.Identity()"}

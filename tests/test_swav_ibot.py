@@ -343,22 +343,23 @@ def test_ibot_refuses_other_backbones_and_bad_settings():
 # width (64, as the ResNet cases halve theirs) and 2 blocks, 16 px global and 8 px local crops,
 # at about the cost of two ResNet cases. A ViT leaves random init slowly (its random features are
 # the better ones here: k-NN 28-29 %, linear 35-36 %, against the ResNet's 24-25 % and 28 %), so
-# the run is 4 epochs of 128 images (248 steps; the recipe's lr per image), the last layer unfrozen
-# from the start. Measured gains (2-core avx512-bf16 CPU, fp32; k-NN / linear) at seeds 0, 1, 2:
-# +1.0 +1.3 +1.4 / +0.4 +1.8 +1.2. With 4 blocks (62 steps of 256 or 124 of 128), no setting
+# the run is 3 epochs of 128 images (186 steps; the recipe's lr per image), the last layer unfrozen
+# from the start. Measured k-NN gains (2-core avx512-bf16 CPU, fp32) at seeds 0, 1, 2: +0.77 +1.09
+# +1.31 (2026-12-06; 2 epochs: +0.45 +0.92 +1.37; 4 epochs, k-NN / linear: +1.0 +1.3 +1.4 / +0.4
+# +1.8 +1.2). With 4 blocks (62 steps of 256 or 124 of 128), no setting
 # tried gained more than +1.5 on k-NN and linear gains ran from -1.2 to +1.2 (lr 1e-3 to 3e-3,
 # teacher momentum 0.95 to 0.99, teacher temperature 0.02, 64 or 256 outputs, BN in the head,
 # class token or mean pooling, every crop masked, 32 px crops); DINO's loss alone (patch_weight=0,
 # or DINO itself on this ViT) gained less (+0.9 / 0.0 and +0.4 / +0.2 at seed 0). Only k-NN is
 # asserted, by half the smaller gain of seeds 0 and 1: it catches a collapsed or broken run, not a
-# weak one; the linear gain at seed 0 (+0.4) is too close to a probe's noise across CPUs for a margin.
+# weak one; the linear gain at seed 0 at 4 epochs (+0.4) is too close to a probe's noise across CPUs for a margin.
 IBOT_BUDGET = ["data.subset=8000", "trainer.knn_bank=8000", "trainer.warmup_epochs=0.5",
                "trainer.knn_every=-1", "trainer.progress=false", "trainer.checkpoint_every=100",
                "trainer.precision=fp32", "eval.size=32"]
 IBOT_CHANGES = ["backbone.embed_dim=64", "backbone.depth=2", "views.size=16", "extra_views.1.size=8",
-                "trainer.epochs=4", "trainer.batch_size=128", "trainer.lr=2e-3",
+                "trainer.epochs=3", "trainer.batch_size=128", "trainer.lr=2e-3",
                 "method.freeze_last_layer=0"]
-IBOT_KNN_MARGIN = 0.5
+IBOT_KNN_MARGIN = 0.4
 
 
 @pytest.mark.slow
