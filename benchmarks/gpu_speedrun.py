@@ -14,10 +14,11 @@ and the same optimizer step.
 1. Times `--steps` full training steps of each pipeline (and our augmentation alone, and the
    baseline's loader alone) and prints views/s, their ratio and the share of step time spent
    making views.
-2. Trains ours for `--minutes` of training wall-clock (epochs = budget x measured images/s /
-   50,000; evaluation time excluded) and prints k-NN top-1 (k=200, T=0.1, the 50k training
-   images as bank, the 10k test images at 32 px) at each `--at` point and at the end, with the
-   wall-clock of the whole run, compilation and evaluations included.
+2. Trains ours for `--minutes` of training wall-clock (trainer.minutes, with epochs = budget x
+   measured images/s / 50,000 as the first estimate; evaluation time excluded) and prints k-NN
+   top-1 (k=200, T=0.1, the 50k training images as bank, the 10k test images at 32 px) at each
+   `--at` point and at the end, with the wall-clock of the whole run, compilation and
+   evaluations included.
 
 Needs CIFAR-10 in $SELFSUP_DATA (or ../shared/data beside the project); --smoke uses the bundled
 digits, a width-0.125 network and the CPU, so that the tests can run it.
@@ -166,11 +167,12 @@ def measure(trainer: Trainer, steps: int, workers: int) -> dict[str, float]:
 
 
 def train(trainer: Trainer, at_minutes: list[float]) -> list[tuple[float, float, float]]:
-    """Trains to the end of the run, evaluating k-NN when the training wall-clock passes each of
+    """Trains to the end of the run (trainer.minutes re-estimates its length every 10 steps, as
+    the trainer does at its logged points), evaluating k-NN when the training time passes each of
     `at_minutes` and at the end: [(training minutes, wall minutes, k-NN top-1)]."""
     t, dev = trainer.cfg.trainer, trainer.device
     marks = sorted(at_minutes)
-    results, train_time, wall0 = [], 0.0, time.perf_counter()
+    results, wall0 = [], time.perf_counter()
     trainer.model.train()
     start = time.perf_counter()
     while trainer.step < trainer.total_steps:
@@ -178,18 +180,20 @@ def train(trainer: Trainer, at_minutes: list[float]) -> list[tuple[float, float,
         trainer.set_schedules()
         trainer.train_step(x, step_seed(t.seed, 0, trainer.step), texts)
         trainer.step += 1
-        last = trainer.step == trainer.total_steps
-        if not (last or (marks and trainer.step % 10 == 0)):
-            continue  # a host sync only every 10 steps
+        if trainer.step % 10 and trainer.step < trainer.total_steps:
+            continue  # a host sync only every 10 steps, and at the last
         sync(dev)
         now = time.perf_counter()
-        if last or train_time + now - start >= marks[0] * 60:
-            train_time += now - start
-            while marks and train_time >= marks[0] * 60:
+        trainer.train_time += now - start
+        start = now
+        trainer.fit_to_budget(0, 0.0)
+        last = trainer.step >= trainer.total_steps
+        if last or (marks and trainer.train_time >= marks[0] * 60):
+            while marks and trainer.train_time >= marks[0] * 60:
                 marks.pop(0)
             top1 = trainer.evaluate(("knn",))["knn"]["top1"]
-            results.append((train_time / 60, (time.perf_counter() - wall0) / 60, top1))
-            print(f"  {train_time / 60:.2f} min of training: k-NN top-1 {top1:.2f} %", flush=True)
+            results.append((trainer.train_time / 60, (time.perf_counter() - wall0) / 60, top1))
+            print(f"  {trainer.train_time / 60:.2f} min of training: k-NN top-1 {top1:.2f} %", flush=True)
             trainer.model.train()
             start = time.perf_counter()
     return results
@@ -229,11 +233,12 @@ def main(argv: list[str] | None = None) -> list[tuple[float, float, float]]:
     n, views = len(probe.train_set), probe.views.n_views
     del probe
 
-    cfg = load_config(args.recipe, [*base, f"trainer.epochs={args.minutes * 60 * rates['ours'] / views / n:.4f}"])
+    cfg = load_config(args.recipe, [*base, f"trainer.minutes={args.minutes}",
+                                    f"trainer.epochs={args.minutes * 60 * rates['ours'] / views / n:.4f}"])
     trainer = Trainer(cfg, run_dir=Path(args.out) / f"{args.recipe}-{stamp}")
     print(f"{args.recipe} on {describe_device(trainer.device)}: ResNet x{cfg.backbone.width}, batch "
           f"{cfg.trainer.batch_size}, {views} views of {cfg.views.size} px, precision {trainer.precision}, "
-          f"compile {cfg.trainer.compile}, {cfg.trainer.epochs:g} epochs of {n} images", flush=True)
+          f"compile {cfg.trainer.compile}, about {cfg.trainer.epochs:g} epochs of {n} images", flush=True)
     wall = time.perf_counter()
     curve = train(trainer, [float(m) for m in args.at.split(",") if m.strip()])
     wall = (time.perf_counter() - wall) / 60
